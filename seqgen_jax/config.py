@@ -1,0 +1,128 @@
+"""Typed, frozen run configuration with a JSON round trip (`schema_version`) and dotted overrides."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .errors import UserError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "brackets"  # dataset spec: `ndfa`, `brackets:p=0.4375`, `toy`, `imdb`
+    n_train: int = 150_000  # synthetic: drawn with random.Random(seed) -> the course's list at seed 0
+    n_val: int = 5_000
+    n_test: int = 5_000
+    seed: int = 0
+    imdb: str | None = None  # archive / folder / course pickle; else $SEQGEN_IMDB
+    char: bool = True  # imdb: characters (else words)
+    voc: int | None = None  # imdb: keep the K most frequent tokens
+    keep_br: bool = False  # imdb: keep `<br />` instead of '\n'
+    chunk: int | None = None  # train on windows of at most this many tokens (long IMDb reviews)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 0  # set from the dataset's vocabulary
+    embed: int = 32
+    hidden: int = 64
+    layers: int = 1
+    dropout: float = 0.0
+    precision: str = "fp32"  # fp32 | bf16 (bf16 matmul inputs; fp32 params, accumulation and state)
+    unroll: int = 0  # lax.scan unroll factor; 0 picks one by backend and hidden size
+    backend: str = "scan"  # scan | cudnn (jax.experimental.rnn; GPU only)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 3e-3
+    schedule: str = "cosine"  # cosine | constant
+    warmup_steps: int = 50
+    epochs: int = 3
+    max_tokens: int = 10_000  # token budget per batch, padding included
+    clip: float = 5.0
+    seed: int = 0
+    max_time: float | None = None  # seconds; checkpoint and stop when reached
+    log_every: int = 50
+    keep: int = 3  # latest checkpoints kept (the best one is kept apart)
+    max_buckets: int = 8
+    eval_samples: int = 200  # per-epoch samples for validity (synthetic datasets)
+    devices: str = "all"  # all | N: data-parallel over a 1-D mesh
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "RunConfig":
+        v = d.get("schema_version")
+        if v != SCHEMA_VERSION:
+            raise UserError(f"config schema_version {v!r} is not {SCHEMA_VERSION}; this run was written "
+                            "by another seqgen_jax version")
+        try:
+            return cls(DataConfig(**d["data"]), ModelConfig(**d["model"]), TrainConfig(**d["train"]))
+        except (KeyError, TypeError) as e:
+            raise UserError(f"config.json does not match the schema ({e})") from None
+
+    def override(self, **dotted: Any) -> "RunConfig":
+        """`cfg.override(**{"model.hidden": 128, "train.lr": 0.01})`."""
+        parts = {"data": self.data, "model": self.model, "train": self.train}
+        for key, value in dotted.items():
+            section, _, name = key.partition(".")
+            if section not in parts or name not in {f.name for f in fields(parts[section])}:
+                raise UserError(f"unknown setting {key!r}; use section.field, e.g. model.hidden")
+            parts[section] = replace(parts[section], **{name: value})
+        return replace(self, **parts)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Ranges that would otherwise fail deep inside JAX, as one clear message each."""
+    m, t = cfg.model, cfg.train
+    checks = [
+        (t.lr > 0, f"--lr {t.lr} must be > 0"),
+        (t.clip > 0, f"--clip {t.clip} must be > 0"),
+        (t.epochs >= 1, f"--epochs {t.epochs} must be >= 1"),
+        (t.max_tokens >= 3, f"--max-tokens {t.max_tokens} must be >= 3 (a 1-symbol string with its "
+                            "start and end markers)"),
+        (m.embed >= 1 and m.hidden >= 1 and m.layers >= 1, "--embed, --hidden and --layers must be >= 1"),
+        (0.0 <= m.dropout < 1.0, f"--dropout {m.dropout} must be in [0, 1)"),
+        (m.precision in ("fp32", "bf16"), f"--precision {m.precision!r} must be fp32 or bf16"),
+        (m.backend in ("scan", "cudnn"), f"--backend {m.backend!r} must be scan or cudnn"),
+        (t.schedule in ("cosine", "constant"), f"--schedule {t.schedule!r} must be cosine or constant"),
+        (t.max_time is None or t.max_time > 0, "--max-time must be positive"),
+        (cfg.data.n_train >= 1 and cfg.data.n_val >= 1, "--n-train and --n-val must be >= 1"),
+        (cfg.data.chunk is None or cfg.data.chunk >= 2, "--chunk must be >= 2"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '2h', '45' (seconds) -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    t = text.strip().lower()
+    try:
+        if t and t[-1] in units:
+            v = float(t[:-1]) * units[t[-1]]
+        else:
+            v = float(t)
+    except ValueError:
+        raise UserError(f"--max-time {text!r} is not a duration; write e.g. 90s, 30m or 2h") from None
+    if v <= 0:
+        raise UserError(f"--max-time {text!r} must be positive")
+    return v

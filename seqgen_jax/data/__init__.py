@@ -1,0 +1,148 @@
+"""Datasets: the course's three synthetic languages (with their truth) and IMDb.
+
+`get_language(spec)` builds a Language from a spec string; `build_dataset(DataConfig)` gives the
+encoded train/val/test splits every other module consumes; `load_*` are the course-style loaders."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..config import DataConfig
+from ..errors import UserError
+from .base import Entropy, Language
+from .brackets import Brackets
+from .ndfa import NDFA
+from .toy import Toy
+from .vocab import Ragged, Vocab
+
+SYNTHETIC = {"ndfa": NDFA, "brackets": Brackets, "dyck1": Brackets, "toy": Toy}
+NAMES = "ndfa, brackets (alias dyck1), toy, imdb"
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, float]]:
+    name, _, rest = spec.strip().partition(":")
+    params = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        try:
+            if not eq:
+                raise ValueError
+            params[key.strip()] = float(value)
+        except ValueError:
+            raise UserError(f"dataset parameter {item!r} in {spec!r} is not key=number, e.g. "
+                            "brackets:p=0.4375") from None
+    return name.lower(), params
+
+
+def get_language(spec: str) -> Language:
+    name, params = parse_spec(spec)
+    if name == "imdb":
+        raise UserError("imdb is a text corpus without a known generating process; this needs one of "
+                        "ndfa, brackets, toy")
+    if name not in SYNTHETIC:
+        raise UserError(f"unknown dataset {name!r}; choose one of {NAMES}")
+    try:
+        return SYNTHETIC[name](**params)
+    except TypeError:
+        raise UserError(f"dataset {name!r} does not take parameters {sorted(params)}") from None
+
+
+def course_strings(lang: Language, n: int, seed: int = 0) -> list[str]:
+    """The course's list: n strings drawn with random.Random(seed), stably sorted by length."""
+    return sorted(lang.strings(n, seed), key=len)
+
+
+# Split seeds: the training list is the course's (seed 0 by default); validation and test strings are
+# drawn from other, disjoint seeds so they are independent samples of the same process.
+VAL_SEED_OFFSET, TEST_SEED_OFFSET = 1, 2
+
+
+@dataclass
+class Dataset:
+    name: str
+    spec: str
+    vocab: Vocab
+    train: Ragged
+    val: Ragged
+    test: Ragged
+    language: Language | None = None
+    train_strings: list[str] | None = None  # synthetic only: for novelty
+    info: dict = field(default_factory=dict)
+
+    def split(self, name: str) -> Ragged:
+        if name not in ("train", "val", "test"):
+            raise UserError(f"unknown split {name!r}; choose train, val or test")
+        return getattr(self, name)
+
+    def strings(self, name: str) -> list[str]:
+        r = self.split(name)
+        return [self.vocab.decode(r[i]) for i in range(len(r))]
+
+
+def vocab_for(lang: Language) -> Vocab:
+    return Vocab.from_symbols(lang.alphabet)
+
+
+def build_dataset(cfg: DataConfig) -> Dataset:
+    name, _ = parse_spec(cfg.name)
+    if name == "imdb":
+        from .imdb import ImdbOptions, load_corpus
+
+        corpus = load_corpus(cfg.imdb, ImdbOptions(char=cfg.char, voc=cfg.voc, keep_br=cfg.keep_br))
+        tr_idx, va_idx = corpus.val_split(cfg.n_val, cfg.seed)
+        if cfg.n_train < len(tr_idx):
+            tr_idx = tr_idx[: cfg.n_train]
+        test = corpus.test
+        if cfg.n_test < len(test):
+            test = test.take(np.arange(cfg.n_test))
+        return Dataset("imdb", "imdb", corpus.vocab, corpus.train.take(tr_idx), corpus.train.take(va_idx),
+                       test, info={"cache": corpus.cache, "n_test_total": len(corpus.test)})
+    lang = get_language(cfg.name)
+    vocab = vocab_for(lang)
+    tr = lang.strings(cfg.n_train, cfg.seed)
+    va = lang.strings(cfg.n_val, cfg.seed + VAL_SEED_OFFSET)
+    te = lang.strings(cfg.n_test, cfg.seed + TEST_SEED_OFFSET)
+    return Dataset(name, lang.spec, vocab, Ragged.from_strings(tr, vocab), Ragged.from_strings(va, vocab),
+                   Ragged.from_strings(te, vocab), language=lang, train_strings=tr)
+
+
+def _course_load(lang: Language, n: int, seed: int):
+    vocab = vocab_for(lang)
+    seqs = Ragged.from_strings(course_strings(lang, n, seed), vocab).to_lists()
+    return seqs, (list(vocab.i2w), vocab.w2i)
+
+
+def load_ndfa(n: int = 150_000, seed: int = 0, p: float = 0.25):
+    """Course-style: (sequences, (i2w, w2i)); strings sorted by length, no start/end markers."""
+    return _course_load(NDFA(p), n, seed)
+
+
+def load_brackets(n: int = 150_000, beta: float = 7 / 16, seed: int = 0):
+    return _course_load(Brackets(beta), n, seed)
+
+
+def load_toy(n: int = 150_000, seed: int = 0):
+    return _course_load(Toy(), n, seed)
+
+
+def load_imdb(final: bool = False, val: int = 5000, seed: int = 0, voc: int | None = None,
+              char: bool = False, path=None, keep_br: bool = False):
+    """Course-style: ((x_train, y_train), (x_val, y_val), (i2w, w2i), 2); with `final=True` the second
+    pair is the 25,000 test reviews and train holds all 25,000 training reviews."""
+    from .imdb import ImdbOptions, load_corpus
+
+    corpus = load_corpus(path, ImdbOptions(char=char, voc=voc, keep_br=keep_br))
+    vocab = corpus.vocab
+    if final:
+        tr, te = corpus.train, corpus.test
+        return ((tr.to_lists(), corpus.labels["train"].tolist()),
+                (te.to_lists(), corpus.labels["test"].tolist()), (list(vocab.i2w), vocab.w2i), 2)
+    tr_idx, va_idx = corpus.val_split(val, seed)
+    lab = corpus.labels["train"]
+    return ((corpus.train.take(tr_idx).to_lists(), lab[tr_idx].tolist()),
+            (corpus.train.take(va_idx).to_lists(), lab[va_idx].tolist()), (list(vocab.i2w), vocab.w2i), 2)
+
+
+__all__ = ["Language", "Entropy", "NDFA", "Brackets", "Toy", "Vocab", "Ragged", "Dataset", "get_language",
+           "build_dataset", "course_strings", "load_ndfa", "load_brackets", "load_toy", "load_imdb"]
