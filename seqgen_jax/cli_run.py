@@ -1,6 +1,204 @@
 """`seqgen train | sample | eval` (kept apart so `seqgen data` never imports JAX)."""
 from __future__ import annotations
 
+import argparse
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _add_train(sub) -> None:
+    t = sub.add_parser("train", help="train an LSTM on a dataset into a run directory")
+    t.add_argument("name", help="dataset spec: ndfa, brackets[:p=..], toy, imdb")
+    t.add_argument("--run-dir", help="run directory (default runs/NAME)")
+    g = t.add_argument_group("model (defaults: the dataset's preset, see README)")
+    g.add_argument("--embed", type=int)
+    g.add_argument("--hidden", type=int)
+    g.add_argument("--layers", type=int)
+    g.add_argument("--dropout", type=float)
+    g.add_argument("--precision", choices=("fp32", "bf16"))
+    g.add_argument("--unroll", type=int, help="lax.scan unroll factor (0 = by backend)")
+    g.add_argument("--backend", choices=("scan", "cudnn"))
+    g = t.add_argument_group("training")
+    g.add_argument("--lr", type=float)
+    g.add_argument("--schedule", choices=("cosine", "constant"))
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--max-tokens", type=int, help="token budget per batch, padding included")
+    g.add_argument("--clip", type=float, help="global gradient-norm clip (default 5)")
+    g.add_argument("--seed", type=int, help="model initialisation, shuffling and dropout seed")
+    g.add_argument("--max-time", help="stop and checkpoint after this long, e.g. 90s, 30m")
+    g.add_argument("--log-every", type=int)
+    g.add_argument("--devices", help="all (default) or N local devices for data parallelism")
+    g.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    g = t.add_argument_group("data")
+    g.add_argument("--n-train", type=int)
+    g.add_argument("--n-val", type=int)
+    g.add_argument("--n-test", type=int)
+    g.add_argument("--data-seed", type=int, help="synthetic data seed (0 = the course's list)")
+    g.add_argument("--imdb", help="IMDb archive, folder or course pickle (else $SEQGEN_IMDB)")
+    g.add_argument("--chunk", type=int, help="train on windows of at most this many tokens")
+    g = t.add_argument_group("multi-host (JAX's own runtime)")
+    g.add_argument("--coordinator", help="host:port of process 0")
+    g.add_argument("--num-processes", type=int)
+    g.add_argument("--process-id", type=int)
+    t.set_defaults(func=cmd_train)
+
+
+FLAG_TO_FIELD = {
+    "embed": "model.embed", "hidden": "model.hidden", "layers": "model.layers", "dropout": "model.dropout",
+    "precision": "model.precision", "unroll": "model.unroll", "backend": "model.backend",
+    "lr": "train.lr", "schedule": "train.schedule", "epochs": "train.epochs", "max_tokens": "train.max_tokens",
+    "clip": "train.clip", "seed": "train.seed", "log_every": "train.log_every", "devices": "train.devices",
+    "n_train": "data.n_train", "n_val": "data.n_val", "n_test": "data.n_test", "data_seed": "data.seed",
+    "imdb": "data.imdb", "chunk": "data.chunk",
+}
+
+
+def config_from_args(a):
+    from .config import parse_duration
+    from .presets import preset_config
+
+    cfg = preset_config(a.name)
+    given = {FLAG_TO_FIELD[k]: v for k, v in vars(a).items() if k in FLAG_TO_FIELD and v is not None}
+    if a.max_time is not None:
+        given["train.max_time"] = parse_duration(a.max_time)
+    return cfg.override(**given), given
+
+
+def cmd_train(a) -> None:
+    from .config import validate
+
+    cfg, given = config_from_args(a)
+    validate(cfg)
+    run_dir = Path(a.run_dir or Path("runs") / a.name.split(":")[0])
+    from . import sharding
+
+    sharding.maybe_initialize_distributed(a.coordinator, a.num_processes, a.process_id)
+    from .train import RunDir, train
+
+    if a.resume:
+        run = RunDir(run_dir)
+        saved = run.load_config() if run.exists() else None
+        if saved is None:
+            raise UserError(f"--resume: {run_dir} is not a run directory; start it without --resume")
+        # Settings not given on the command line come from the run itself.
+        cfg = saved.override(**{k: v for k, v in given.items() if k.startswith(("train.epochs", "train.max_time"))})
+        clash = [k for k, v in given.items() if k.startswith(("model.", "data."))
+                 and v != getattr(getattr(saved, k.split(".")[0]), k.split(".")[1])]
+        if clash:
+            raise UserError(f"--resume: {', '.join('--' + k.split('.')[1].replace('_', '-') for k in clash)} "
+                            f"differ from the run's config.json; resume with the saved settings or use a new --run-dir")
+    rec = train(cfg, run_dir, resume=a.resume)
+    if rec:
+        print(f"run directory: {run_dir}")
+
+
+def _restore(run_dir: str, checkpoint: str):
+    """(cfg, vocab, params, step) from a run directory alone."""
+    import jax
+
+    from .checkpoint import Checkpointer
+    from .data.vocab import Vocab
+    from .model import init_params
+    from .train import RunDir
+
+    run = RunDir(run_dir)
+    cfg = run.load_config()
+    if not (run.path / "checkpoints").is_dir():
+        raise UserError(f"{run.path} has no checkpoints yet; train it first (seqgen train ... --run-dir {run.path})")
+    vocab = Vocab.load(run.path / "vocab.json")
+    like = jax.eval_shape(lambda: init_params(cfg.model, 0))
+    ck = Checkpointer(run.path, create=False)
+    step, params, _, _ = ck.restore(checkpoint, like)
+    ck.close()
+    return cfg, vocab, params, step
+
+
+def cmd_sample(a) -> None:
+    import jax
+
+    from .sample import check_sampling_args, sample
+
+    check_sampling_args(a.n, a.temperature, a.top_k, a.max_len)
+    cfg, vocab, params, step = _restore(a.run, a.checkpoint)
+    lang = None
+    if cfg.data.name.split(":")[0] != "imdb":
+        from .data import get_language
+
+        lang = get_language(cfg.data.name)
+    s = sample(params, cfg.model, vocab, n=a.n, key=jax.random.key(a.seed), temperature=a.temperature,
+               top_k=a.top_k, prompt=a.prompt, max_len=a.max_len)
+    for text, ended in zip(s.texts(vocab), s.ended):
+        if a.format == "text":
+            print(text)
+            continue
+        row = {"text": text, "ended": bool(ended)}
+        if lang is not None:
+            lp = lang.log2_prob(text) if ended else -math.inf
+            row.update({"valid": lp > -math.inf, "log2_prob": lp if lp > -math.inf else None})
+        print(json.dumps(row, ensure_ascii=False))
+
+
+def _temperatures(text: str) -> tuple[float, ...]:
+    try:
+        ts = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"--temperatures {text!r} must be comma-separated numbers, e.g. 0,0.5,1") from None
+    if not ts or any(not t >= 0 for t in ts):
+        raise UserError(f"--temperatures {text!r} must be numbers >= 0")
+    return ts
+
+
+def cmd_eval(a) -> None:
+    from .data import build_dataset
+    from .evaluate import evaluate
+    from .sample import check_sampling_args
+
+    temps = _temperatures(a.temperatures)
+    check_sampling_args(a.samples, 0.0, 0, a.max_len)
+    if a.limit is not None and a.limit < 1:
+        raise UserError(f"--limit {a.limit} must be >= 1")
+    cfg, vocab, params, step = _restore(a.run, a.checkpoint)
+    ds = build_dataset(cfg.data)
+    out = evaluate(params, cfg, ds, split=a.split, limit=a.limit, samples=a.samples, temperatures=temps,
+                   max_len=a.max_len, seed=a.seed, run_dir=Path(a.run))
+    out = {"run": a.run, "checkpoint_step": int(step), "dataset": ds.spec, **out}
+    if a.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for k, v in out.items():
+            if isinstance(v, dict):
+                v = "  ".join(f"T={t}: {x:.4f}" for t, x in v.items())
+            elif isinstance(v, float):
+                v = f"{v:.6g}"
+            print(f"{k}: {v}")
+
 
 def add_commands(sub) -> None:
-    pass
+    _add_train(sub)
+    s = sub.add_parser("sample", help="draw samples from a trained run (restores its orbax checkpoint)")
+    s.add_argument("run", help="run directory")
+    s.add_argument("--checkpoint", default="latest", help="latest, best or a step number")
+    s.add_argument("--n", type=int, default=10)
+    s.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    s.add_argument("--top-k", type=int, default=0, help="sample among the k most likely (0 = all)")
+    s.add_argument("--prompt", default="", help="symbols to continue after .start")
+    s.add_argument("--max-len", type=int, default=200)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--format", choices=("text", "jsonl"), default="text")
+    s.set_defaults(func=cmd_sample)
+
+    e = sub.add_parser("eval", help="score a trained run against held-out data and the true process")
+    e.add_argument("run")
+    e.add_argument("--checkpoint", default="latest")
+    e.add_argument("--split", choices=("val", "test"), default="test")
+    e.add_argument("--limit", type=int, help="score only the first N held-out sequences")
+    e.add_argument("--samples", type=int, default=1000)
+    e.add_argument("--temperatures", default="0,0.5,1")
+    e.add_argument("--max-len", type=int, default=1000)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)

@@ -49,7 +49,7 @@ class TrainConfig:
     max_time: float | None = None  # seconds; checkpoint and stop when reached
     log_every: int = 50
     keep: int = 3  # latest checkpoints kept (the best one is kept apart)
-    max_buckets: int = 8
+    max_buckets: int = 12
     eval_samples: int = 200  # per-epoch samples for validity (synthetic datasets)
     devices: str = "all"  # all | N: data-parallel over a 1-D mesh
 

@@ -1,0 +1,98 @@
+"""Orbax checkpoints of a run: the only module that imports orbax.
+
+Layout under the run directory: `checkpoints/<step>/` keeps the latest few, `best/<step>/` the one
+with the lowest validation loss. Each holds three items: `params` (what sampling needs), `train`
+(optimiser state, step, epoch accumulators) and `meta` (JSON: epoch, batch position, best loss).
+Orbax writes each checkpoint to a temporary folder and renames it when complete, so a killed run
+never leaves a half-written checkpoint behind."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+from .errors import UserError
+
+logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def _manager(path: Path, keep: int, create: bool) -> ocp.CheckpointManager:
+    opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
+                                        enable_async_checkpointing=True)
+    return ocp.CheckpointManager(path.absolute(), options=opts, item_names=("params", "train", "meta"))
+
+
+class Checkpointer:
+    def __init__(self, run_dir, keep: int = 3, create: bool = True, primary: bool = True):
+        self.run_dir = Path(run_dir)
+        self.primary = primary
+        self.latest = _manager(self.run_dir / "checkpoints", keep, create)
+        self.best = _manager(self.run_dir / "best", 1, create)
+
+    def save(self, step: int, params, train_state, meta: dict, best: bool = False) -> None:
+        """Asynchronous: returns once the arrays are copied off the device; `wait()` before exit."""
+        args = ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                  train=ocp.args.StandardSave(train_state),
+                                  meta=ocp.args.JsonSave(meta))
+        self.latest.save(step, args=args, force=True)
+        if best:
+            self.best.save(step, args=args, force=True)
+
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.latest.close()
+        self.best.close()
+
+    def steps(self, which: str = "latest") -> list[int]:
+        return list((self.best if which == "best" else self.latest).all_steps())
+
+    def _resolve(self, which: str | int) -> tuple[ocp.CheckpointManager, int]:
+        if isinstance(which, str) and which not in ("latest", "best"):
+            try:
+                which = int(which)
+            except ValueError:
+                raise UserError(f"--checkpoint {which!r} must be latest, best or a step number") from None
+        if which == "best":
+            mgr, step = self.best, self.best.latest_step()
+        elif which == "latest":
+            mgr, step = self.latest, self.latest.latest_step()
+        else:
+            mgr, step = self.latest, int(which)
+            if step not in self.latest.all_steps():
+                if step in self.best.all_steps():
+                    mgr = self.best
+                else:
+                    have = sorted(set(self.latest.all_steps()) | set(self.best.all_steps()))
+                    raise UserError(f"no checkpoint at step {step} in {self.run_dir}; available: {have}")
+        if step is None:
+            raise UserError(f"{self.run_dir} has no checkpoints yet; train it first (seqgen train ... "
+                            f"--run-dir {self.run_dir})")
+        return mgr, step
+
+    def restore(self, which: str | int, params_like, train_like=None):
+        """(step, params, train_state or None, meta). `*_like`: pytrees of arrays or
+        jax.ShapeDtypeStruct giving structure, shapes and shardings."""
+        mgr, step = self._resolve(which)
+        items = {"params": ocp.args.StandardRestore(params_like), "meta": ocp.args.JsonRestore()}
+        if train_like is not None:
+            items["train"] = ocp.args.StandardRestore(train_like)
+        try:
+            out = mgr.restore(step, args=ocp.args.Composite(**items))
+        except UserError:
+            raise
+        except Exception as e:  # orbax raises many types for corrupt or mismatched data
+            msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise UserError(f"checkpoint {step} in {self.run_dir} cannot be restored ({msg}); it is "
+                            "corrupt or from a model of another shape") from None
+        return step, out["params"], (out["train"] if train_like is not None else None), out["meta"]
+
+
+def abstract(tree):
+    """ShapeDtypeStructs (with shardings where the arrays have them) for restore templates."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+                        tree)

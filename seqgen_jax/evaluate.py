@@ -1,0 +1,266 @@
+"""Scores against the truth: cross-entropy, KL to the true process, valid-sample rates, length
+distribution, novelty, n-gram baselines; for IMDb, statistics of samples against real reviews.
+
+Everything takes a parameter pytree and a Dataset and returns a flat dict of the documented keys."""
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import sharding as shd
+from .buckets import fixed_order, make_rows, pad_rows, plan_buckets
+from .config import RunConfig
+from .data import Dataset
+from .data.ngram import best_ngram
+from .data.vocab import END_ID, Ragged
+from .io import atomic_write_json
+from .model import token_logprobs
+from .sample import sample
+
+LN2 = math.log(2.0)
+
+
+def tkey(t: float) -> str:
+    return str(float(t))
+
+
+# ---------------------------------------------------------------- model scores on strings
+def _make_forward(cfg):
+    def fwd(params, data, idx):
+        rows = jnp.take(data, idx, axis=0)
+        lp, logits = token_logprobs(params, rows, cfg=cfg.model)
+        return lp, jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    return jax.jit(fwd)
+
+
+_FORWARD_CACHE: dict = {}
+
+
+def score_sequences(params, cfg: RunConfig, seqs: Ragged, max_tokens: int | None = None):
+    """Per sequence: model log2-probability (end marker included) and the model's argmax next token
+    at every position (len + 1 of them), batched on the same buckets as training."""
+    fwd = _FORWARD_CACHE.setdefault(cfg.model, _make_forward(cfg))
+    rows = make_rows(seqs)
+    plan = plan_buckets(rows.lengths - 1, max_tokens or cfg.train.max_tokens, cfg.train.max_buckets)
+    log2p = np.zeros(len(seqs))
+    preds: list = [None] * len(seqs)
+    for b, bk in enumerate(plan.buckets):
+        members = plan.members(b)
+        data = jnp.asarray(pad_rows(rows, members, bk.length + 1))
+        for _, idx in (x for x in fixed_order(plan) if x[0] == b):
+            lp, am = jax.device_get(fwd(params, data, jnp.asarray(idx)))
+            for r, i in enumerate(idx):
+                if i >= len(members):
+                    continue
+                j = members[i]
+                L = len(seqs[j]) + 1
+                log2p[j] = lp[r, :L].sum() / LN2
+                preds[j] = am[r, :L]
+    return log2p, preds
+
+
+# ---------------------------------------------------------------- text statistics (IMDb)
+def repetition_rate(text: str, n: int = 8, min_count: int = 3) -> float:
+    """Share of characters covered by an n-gram (length >= n) that occurs >= min_count times in the
+    text. Any longer repeated n-gram contains repeated n-grams of length n, so n-grams suffice."""
+    if len(text) < n:
+        return 0.0
+    grams = [text[i : i + n] for i in range(len(text) - n + 1)]
+    counts = Counter(grams)
+    covered = np.zeros(len(text) + 1, np.int32)
+    for i, g in enumerate(grams):
+        if counts[g] >= min_count:
+            covered[i] += 1
+            covered[i + n] -= 1
+    return float((np.cumsum(covered)[:-1] > 0).mean())
+
+
+def text_stats(texts: list[str]) -> dict:
+    grams = [t[i : i + 4] for t in texts for i in range(len(t) - 3)]
+    return {"repetition_rate": float(np.mean([repetition_rate(t) for t in texts])) if texts else 0.0,
+            "distinct_4": len(set(grams)) / len(grams) if grams else 0.0,
+            "mean_length": float(np.mean([len(t) for t in texts])) if texts else 0.0}
+
+
+# ---------------------------------------------------------------- truth of the dataset
+def truth_info(ds: Dataset, split: str, run_dir: Path | None = None, limit: int | None = None) -> dict:
+    """Entropy floor and the best n-gram baseline on `split` (cached in the run directory)."""
+    path = run_dir / f"truth-{split}-{limit}.json" if run_dir else None
+    if path and path.exists():
+        return json.loads(path.read_text())
+    info = {}
+    strings = ds.strings(split)[:limit]
+    if ds.language is not None:
+        e = ds.language.entropy()
+        true_bits = [-ds.language.log2_prob(s) for s in strings]
+        info.update({"floor_bits_per_token": e.bits_per_token, "floor_exact": e.exact,
+                     "split_true_bits": float(np.sum(true_bits)), "split_tokens": sum(len(s) + 1 for s in strings)})
+        train = ds.train_strings
+        ng = best_ngram(train, strings, alphabet=ds.language.alphabet)
+        info.update({"best_ngram_bits_per_token": ng["best_bits"], "best_ngram_order": ng["best_order"]})
+    if path:
+        atomic_write_json(path, info)
+    return info
+
+
+class LSTMScorer:
+    """The model side of evaluation: log-probabilities and argmax predictions of given sequences, and
+    samples. `OracleScorer` implements the same three methods from the true process."""
+
+    def __init__(self, params, cfg: RunConfig, vocab):
+        self.params, self.cfg, self.vocab = params, cfg, vocab
+
+    def score(self, seqs: Ragged):
+        """(log2 p per sequence, argmax next-token id at each of its len + 1 positions)."""
+        return score_sequences(self.params, self.cfg, seqs)
+
+    def sample(self, n: int, temperature: float, seed: int, max_len: int):
+        """(texts, ended, lengths)."""
+        key = jax.random.fold_in(jax.random.key(seed), int(round(temperature * 1000)))
+        s = sample(self.params, self.cfg.model, self.vocab, n=n, key=key, temperature=temperature, max_len=max_len)
+        return s.texts(self.vocab), s.ended, s.lengths
+
+
+class OracleScorer:
+    """The true process behind the same interface: a perfect model, for testing the evaluator."""
+
+    def __init__(self, lang, vocab):
+        self.lang, self.vocab = lang, vocab
+
+    def score(self, seqs: Ragged):
+        strings = [self.vocab.decode(seqs[i]) for i in range(len(seqs))]
+        log2p = np.array([self.lang.log2_prob(s) for s in strings])
+        preds = []
+        for s in strings:
+            row = []
+            for allowed, can_end in self.lang.prefix_table(s):
+                row.append(END_ID if can_end or not allowed else self.vocab.w2i[min(allowed)])
+            preds.append(np.array(row))
+        return log2p, preds
+
+    def sample(self, n: int, temperature: float, seed: int, max_len: int):
+        if temperature != 1.0:
+            raise ValueError("the oracle samples at temperature 1 only")
+        texts = self.lang.strings(n, seed + 10_000)
+        ended = np.array([len(t) <= max_len for t in texts])
+        return [t[:max_len] for t in texts], ended, np.array([min(len(t), max_len) for t in texts])
+
+
+def synthetic_sample_metrics(scorer, ds, *, n, temperatures, seed, max_len, train_set=None):
+    lang = ds.language
+    out = {"valid_rate": {}, "unterminated_rate": {}}
+    texts_t1 = None
+    for t in temperatures:
+        texts, ended, lengths = scorer.sample(n, t, seed, max_len)
+        valid = [bool(e) and lang.accepts(x) for x, e in zip(texts, ended)]
+        out["valid_rate"][tkey(t)] = float(np.mean(valid))
+        out["unterminated_rate"][tkey(t)] = float(1.0 - np.mean(ended))
+        if float(t) == 1.0:
+            texts_t1, ended_t1, valid_t1, lengths_t1 = texts, ended, valid, lengths
+    if texts_t1 is not None:
+        pmf, _ = lang.length_pmf(max_len)
+        capped = np.where(ended_t1, np.minimum(lengths_t1, max_len), max_len)
+        emp = np.bincount(capped, minlength=max_len + 1)[: max_len + 1] / len(texts_t1)
+        out["length_tv"] = float(0.5 * np.abs(emp - pmf).sum())
+        if train_set is not None:
+            vt = [x for x, v in zip(texts_t1, valid_t1) if v]
+            out["novel_rate"] = float(np.mean([x not in train_set for x in vt])) if vt else 0.0
+    return out
+
+
+def evaluate(params, cfg: RunConfig, ds: Dataset, **kw) -> dict:
+    return evaluate_scorer(LSTMScorer(params, cfg, ds.vocab), ds, **kw)
+
+
+def evaluate_scorer(scorer, ds: Dataset, *, split: str = "test", limit: int | None = None,
+                    samples: int = 1000, temperatures=(0.0, 0.5, 1.0), max_len: int = 1000, seed: int = 0,
+                    run_dir: Path | None = None) -> dict:
+    seqs = ds.split(split)
+    if limit is not None and limit < len(seqs):
+        seqs = seqs.take(np.arange(limit))
+    log2p, preds = scorer.score(seqs)
+    n_tokens = int((seqs.lengths + 1).sum())
+    ce = float(-log2p.sum() / n_tokens)
+    out = {"split": split, "n_sequences": len(seqs), "n_tokens": n_tokens, "ce_bits_per_token": ce,
+           "perplexity": float(2.0 ** ce)}
+    if ds.language is not None:
+        lang = ds.language
+        info = truth_info(ds, split, run_dir, limit)
+        ent = info["split_true_bits"] / info["split_tokens"]
+        out.update({"entropy_bits_per_token": ent, "kl_bits_per_token": ce - ent,
+                    "floor_bits_per_token": info["floor_bits_per_token"],
+                    "best_ngram_bits_per_token": info["best_ngram_bits_per_token"],
+                    "best_ngram_order": info["best_ngram_order"]})
+        ok = total = 0
+        i2w = ds.vocab.i2w
+        for j in range(len(seqs)):
+            s = ds.vocab.decode(seqs[j])
+            for (allowed, can_end), p in zip(lang.prefix_table(s), preds[j]):
+                total += 1
+                ok += bool((p == END_ID and can_end) or (p >= 4 and i2w[p] in allowed))
+        out["prefix_valid_rate"] = ok / max(total, 1)
+        out.update(synthetic_sample_metrics(scorer, ds, n=samples, temperatures=temperatures, seed=seed,
+                                            max_len=max_len, train_set=set(ds.train_strings or ())))
+    else:
+        out["bits_per_char"] = ce  # the end marker counts as one character, like the n-gram's '|'
+        stats = {"repetition_rate": {}, "distinct_4": {}, "mean_sample_length": {}, "ended_rate": {}}
+        for t in temperatures:
+            texts, ended, _ = scorer.sample(samples, t, seed, max_len)
+            st = text_stats(texts)
+            stats["repetition_rate"][tkey(t)] = st["repetition_rate"]
+            stats["distinct_4"][tkey(t)] = st["distinct_4"]
+            stats["mean_sample_length"][tkey(t)] = st["mean_length"]
+            stats["ended_rate"][tkey(t)] = float(np.mean(ended))
+        out.update(stats)
+        ref_idx = np.random.default_rng(seed).choice(len(seqs), size=min(samples, len(seqs)), replace=False)
+        # Real reviews cut at the same length cap as the samples, so the statistics compare like with like.
+        ref = text_stats([ds.vocab.decode(seqs[int(i)])[:max_len] for i in ref_idx])
+        out.update({"reference_repetition_rate": ref["repetition_rate"], "reference_distinct_4": ref["distinct_4"],
+                    "reference_mean_length": ref["mean_length"]})
+    return out
+
+
+# ---------------------------------------------------------------- per-epoch evaluation during training
+class EpochEvaluator:
+    """Called after each epoch: KL on the validation split, valid rates at T = 0 and 1, and the
+    course's ten samples per temperature, scored, in samples/epoch-N.jsonl."""
+
+    def __init__(self, cfg: RunConfig, ds: Dataset, run_dir: Path | None):
+        self.cfg, self.ds, self.run_dir = cfg, ds, run_dir
+        self.info = truth_info(ds, "val", run_dir) if ds.language is not None else {}
+        if run_dir is not None:
+            atomic_write_json(run_dir / "truth.json", self.info)
+
+    def __call__(self, params, epoch: int, val_ce: float) -> dict:
+        ds, cfg = self.ds, self.cfg
+        out = {}
+        rows = []
+        if ds.language is not None:
+            ent = self.info["split_true_bits"] / self.info["split_tokens"]
+            out["kl_bits_per_token"] = val_ce - ent
+            scorer = LSTMScorer(params, cfg, ds.vocab)
+            for t in (0.0, 1.0):
+                texts, ended, _ = scorer.sample(cfg.train.eval_samples, t, epoch, 200)
+                valid = [bool(e) and ds.language.accepts(x) for x, e in zip(texts, ended)]
+                out[f"valid_rate_{tkey(t)}"] = float(np.mean(valid))
+                for x, e, v in list(zip(texts, ended, valid))[:10]:
+                    lp = ds.language.log2_prob(x) if v else None
+                    rows.append({"temperature": t, "text": x, "ended": bool(e), "valid": v, "log2_prob": lp})
+        else:
+            scorer = LSTMScorer(params, cfg, ds.vocab)
+            for t in (0.0, 1.0):
+                texts, ended, _ = scorer.sample(10, t, epoch, 300)
+                rows += [{"temperature": t, "text": x, "ended": bool(e)} for x, e in zip(texts, ended)]
+        if self.run_dir is not None:
+            from .io import atomic_write_text
+
+            atomic_write_text(self.run_dir / "samples" / f"epoch-{epoch}.jsonl",
+                              "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        return out

@@ -1,0 +1,246 @@
+"""Embedding -> LSTM layers (unrolled with lax.scan) -> Dense, as Flax NNX modules over pure functions.
+
+The LSTM math lives in pure functions of a parameter pytree (`lstm_layer`, `apply`); the NNX modules
+own parameter creation and call the same functions. Training, evaluation and the sampler all go
+through `apply(params, tokens, state)`, so they cannot drift apart, and the math is shielded from NNX
+API churn. Gate order is PyTorch's (i, f, g, o), so weights can be compared with `torch.nn.LSTM`.
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .config import ModelConfig
+
+Params = dict  # nested dict of arrays: {"embed", "layers": [{"w_ih","w_hh","b"}...], "out": {"w","b"}}
+
+
+class LSTMState(NamedTuple):
+    h: jax.Array  # (L, B, H)
+    c: jax.Array  # (L, B, H)
+
+
+def default_unroll(cfg: ModelConfig) -> int:
+    """Measured (benchmarks/NOTES.md): unrolling pays on GPU, where each loop iteration costs a
+    kernel launch; on CPU the loop overhead is small against the matmuls."""
+    if cfg.unroll > 0:
+        return cfg.unroll
+    return 8 if jax.default_backend() in ("gpu", "cuda", "rocm") else 1
+
+
+def _dot(x, w, dtype):
+    # bf16 inputs with fp32 accumulation; fp32 stays fp32 (XLA's default precision on the backend).
+    return jnp.dot(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _gate_scale(H: int) -> jax.Array:
+    """sigmoid(x) = 0.5 * tanh(x / 2) + 0.5: with the i, f, o pre-activations halved, one tanh over the
+    whole (B, 4H) gate block replaces three sigmoids and a tanh on column slices, which XLA:CPU runs
+    several times slower (benchmarks/NOTES.md)."""
+    return jnp.concatenate([jnp.full((2 * H,), 0.5), jnp.ones((H,)), jnp.full((H,), 0.5)])
+
+
+def _activate(t, H):
+    """tanh of the scaled gates -> (i, f, u, o)."""
+    a = 0.5 * t + 0.5
+    return a[:, :H], a[:, H : 2 * H], t[:, 2 * H : 3 * H], a[:, 3 * H :]
+
+
+@functools.lru_cache(maxsize=None)
+def _recurrence(unroll: int, dtype):
+    """hs, c_T = recurrence(gx (T, B, 4H), w_hh (H, 4H), h0, c0), with a hand-written VJP.
+
+    Scan's own transpose accumulates dW_hh with a (H, B) x (B, 4H) matmul inside every backward step;
+    here the backward loop only propagates dh through W_hh, stores the gate gradients, and the weight
+    gradient is one (H, T*B) x (T*B, 4H) matmul after the loop (benchmarks/NOTES.md)."""
+
+    def fwd_loop(gx, w_hh, h0, c0):
+        H = h0.shape[-1]
+        scale = _gate_scale(H)
+        gx, w_s = gx * scale, w_hh * scale  # outside the loop
+
+        def step(carry, g_t):
+            h, c = carry
+            t = jnp.tanh(g_t + _dot(h, w_s, dtype))  # (B, 4H)
+            i, f, u, o = _activate(t, H)
+            c = f * c + i * u
+            h = o * jnp.tanh(c)
+            return (h, c), (h, c, t)
+
+        (h, c), (hs, cs, ts) = jax.lax.scan(step, (h0, c0), gx, unroll=max(1, min(unroll, gx.shape[0])))
+        return hs, cs, ts
+
+    @jax.custom_vjp
+    def recurrence(gx, w_hh, h0, c0):
+        hs, cs, _ = fwd_loop(gx, w_hh, h0, c0)
+        return hs, cs[-1]
+
+    def rec_fwd(gx, w_hh, h0, c0):
+        hs, cs, ts = fwd_loop(gx, w_hh, h0, c0)
+        return (hs, cs[-1]), (w_hh, h0, c0, hs, cs, ts)
+
+    def rec_bwd(res, cot):
+        w_hh, h0, c0, hs, cs, ts = res
+        d_hs, d_cT = cot
+        H = h0.shape[-1]
+        c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # (T, B, H)
+        # Everything that does not depend on the carried gradients is computed for all T steps at once
+        # as large array ops; the loop keeps only the (B, H)-sized recurrence and one matmul.
+        a = 0.5 * ts + 0.5  # sigmoid gates from the stored tanh
+        i, f, u, o = a[..., :H], a[..., H : 2 * H], ts[..., 2 * H : 3 * H], a[..., 3 * H :]
+        tc = jnp.tanh(cs)
+        k_dc = o * (1.0 - tc * tc)  # dc += dh * k_dc
+        # d pre-activation = d activation * (1 - t^2) * (1/4 for sigmoid gates, 1 for the cell input)
+        deriv = (1.0 - ts * ts) * jnp.concatenate([jnp.full((2 * H,), 0.25), jnp.ones((H,)), jnp.full((H,), 0.25)])
+        coef = deriv * jnp.concatenate([u, c_prev, i, tc], axis=-1)  # dg = [dc, dc, dc, dh] * coef
+        w_hh_t = w_hh.T
+
+        def step(carry, xs):
+            dh_next, dc_next = carry
+            dh_out, k, cf, ff = xs
+            dh = dh_out + dh_next
+            dc = dc_next + dh * k
+            dg = jnp.concatenate([dc, dc, dc, dh], axis=-1) * cf  # (B, 4H)
+            return (_dot(dg, w_hh_t, dtype), dc * ff), dg
+
+        (dh0, dc0), dgs = jax.lax.scan(step, (jnp.zeros_like(h0), d_cT), (d_hs, k_dc, coef, f), reverse=True,
+                                       unroll=max(1, min(unroll, hs.shape[0])))
+        h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # (T, B, H)
+        T, B = hs.shape[:2]
+        d_w_hh = _dot(h_prev.reshape(T * B, H).T, dgs.reshape(T * B, 4 * H), dtype)
+        return dgs, d_w_hh.astype(w_hh.dtype), dh0, dc0
+
+    recurrence.defvjp(rec_fwd, rec_bwd)
+    return recurrence
+
+
+def lstm_layer(p: dict, xs: jax.Array, h0: jax.Array, c0: jax.Array, *, unroll: int = 1,
+               dtype=jnp.float32):
+    """One LSTM layer over a sequence.
+
+    xs: (B, T, D) -> ys (B, T, H), (h_T, c_T) each (B, H). The input projection of all T steps is one
+    (B*T, D) x (D, 4H) matmul outside the loop; only h @ W_hh runs inside it."""
+    gx = _dot(xs, p["w_ih"], dtype) + p["b"]  # (B, T, 4H)
+    gx = jnp.swapaxes(gx, 0, 1)  # (T, B, 4H): the loop runs over the leading axis
+    hs, cT = _recurrence(int(unroll), jnp.dtype(dtype))(gx, p["w_hh"], h0, c0)
+    return jnp.swapaxes(hs, 0, 1), (hs[-1], cT)
+
+
+def zero_state(cfg: ModelConfig, batch: int) -> LSTMState:
+    z = jnp.zeros((cfg.layers, batch, cfg.hidden), jnp.float32)
+    return LSTMState(z, z)
+
+
+def _embed(table, tokens):
+    """A one-hot matmul for small vocabularies: its gradient is a matmul too, where a gather's is a
+    scatter-add, which is slow on CPU."""
+    V = table.shape[0]
+    if V <= 512:
+        return jnp.dot(jax.nn.one_hot(tokens, V, dtype=table.dtype), table)
+    return jnp.take(table, tokens, axis=0)
+
+
+def _dropout(x, rate, key):
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+def apply(params: Params, tokens: jax.Array, state: LSTMState | None = None, *, cfg: ModelConfig,
+          dropout_key: jax.Array | None = None):
+    """tokens (B, T) int -> logits (B, T, V) float32, final LSTMState.
+
+    Dropout (when `dropout_key` is given and cfg.dropout > 0) drops the non-recurrent connections:
+    the embedding output, between layers, and before the output layer (Zaremba et al., 2014)."""
+    dtype = jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
+    B = tokens.shape[0]
+    if state is None:
+        state = zero_state(cfg, B)
+    x = _embed(params["embed"], tokens)  # (B, T, E)
+    drop = dropout_key is not None and cfg.dropout > 0
+    keys = jax.random.split(dropout_key, cfg.layers + 1) if drop else [None] * (cfg.layers + 1)
+    hs, cs = [], []
+    for l, p in enumerate(params["layers"]):
+        if drop:
+            x = _dropout(x, cfg.dropout, keys[l])
+        if cfg.backend == "cudnn":
+            from .cudnn import lstm_layer_cudnn
+
+            x, (h, c) = lstm_layer_cudnn(p, x, state.h[l], state.c[l])
+        else:
+            x, (h, c) = lstm_layer(p, x, state.h[l], state.c[l], unroll=default_unroll(cfg), dtype=dtype)
+        hs.append(h)
+        cs.append(c)
+    if drop:
+        x = _dropout(x, cfg.dropout, keys[-1])
+    logits = _dot(x, params["out"]["w"], dtype) + params["out"]["b"]  # (B, T, V)
+    return logits, LSTMState(jnp.stack(hs), jnp.stack(cs))
+
+
+def token_logprobs(params: Params, rows: jax.Array, *, cfg: ModelConfig, dropout_key=None):
+    """rows (B, T+1) = [.start, symbols..., .end, pad...] -> log p(target) (B, T), logits (B, T, V).
+
+    Positions whose target is padding (id 0) hold 0."""
+    inputs, targets = rows[:, :-1], rows[:, 1:]
+    logits, _ = apply(params, inputs, None, cfg=cfg, dropout_key=dropout_key)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    # A one-hot product instead of take_along_axis: its gradient avoids a scatter.
+    lp = jnp.sum(logp * jax.nn.one_hot(targets, logits.shape[-1], dtype=logp.dtype), axis=-1)
+    return jnp.where(targets != 0, lp, 0.0), logits
+
+
+# ---------------------------------------------------------------- Flax NNX modules (parameter owners)
+class LSTMLayer(nnx.Module):
+    """An LSTM layer as a Flax module; `__call__` is the pure `lstm_layer` over its own parameters."""
+
+    def __init__(self, d_in: int, hidden: int, *, rngs: nnx.Rngs):
+        bound = 1.0 / jnp.sqrt(hidden)
+        uni = nnx.initializers.uniform(2 * bound)
+        self.w_ih = nnx.Param(uni(rngs.params(), (d_in, 4 * hidden)) - bound)
+        self.w_hh = nnx.Param(nnx.initializers.orthogonal()(rngs.params(), (hidden, 4 * hidden)))
+        # Forget-gate bias 1: the cell remembers by default, which speeds early training.
+        self.b = nnx.Param(jnp.zeros((4 * hidden,)).at[hidden : 2 * hidden].set(1.0))
+        self.hidden = hidden
+
+    def __call__(self, xs, h0=None, c0=None, unroll: int = 1):
+        B = xs.shape[0]
+        h0 = jnp.zeros((B, self.hidden)) if h0 is None else h0
+        c0 = jnp.zeros((B, self.hidden)) if c0 is None else c0
+        p = {"w_ih": self.w_ih[...], "w_hh": self.w_hh[...], "b": self.b[...]}
+        return lstm_layer(p, xs, h0, c0, unroll=unroll)
+
+
+class CharLSTM(nnx.Module):
+    """Embed(V, E) -> `layers` x LSTMLayer(H) -> Linear(H, V)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = nnx.Embed(cfg.vocab_size, cfg.embed, rngs=rngs,
+                               embedding_init=nnx.initializers.normal(1.0))
+        dims = [cfg.embed] + [cfg.hidden] * (cfg.layers - 1)
+        self.layers = nnx.List([LSTMLayer(d, cfg.hidden, rngs=rngs) for d in dims])
+        self.out = nnx.Linear(cfg.hidden, cfg.vocab_size, rngs=rngs)
+
+    def params(self) -> Params:
+        return {
+            "embed": self.embed.embedding[...],
+            "layers": [{"w_ih": l.w_ih[...], "w_hh": l.w_hh[...], "b": l.b[...]} for l in self.layers],
+            "out": {"w": self.out.kernel[...], "b": self.out.bias[...]},
+        }
+
+    def __call__(self, tokens, state=None):
+        return apply(self.params(), tokens, state, cfg=self.cfg)
+
+
+def init_params(cfg: ModelConfig, seed: int) -> Params:
+    """A fresh parameter pytree (plain dicts and lists of float32 arrays)."""
+    if cfg.vocab_size < 5:
+        raise ValueError("vocab_size must be set from the dataset before building the model")
+    return jax.tree.map(jnp.asarray, CharLSTM(cfg, rngs=nnx.Rngs(seed)).params())
+
+
+def count_params(params: Params) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(params))

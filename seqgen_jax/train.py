@@ -1,0 +1,356 @@
+"""Training: one jitted, donated step per bucket shape; the epoch loop; run directories.
+
+Data path: Dataset -> rows with start/end markers -> bucket plan -> one padded device matrix per
+bucket -> per step only a (batch,) index vector crosses to the device and the step gathers its
+rows there. Metrics are fetched one step late (never `float(loss)` on the step just dispatched), and
+the epoch statistics accumulate on the device inside the step.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import sharding as shd
+from .buckets import BucketPlan, epoch_order, fixed_order, make_rows, pad_rows, plan_buckets
+from .checkpoint import Checkpointer, abstract
+from .config import RunConfig, validate
+from .data import Dataset, build_dataset
+from .data.vocab import Ragged
+from .errors import UserError
+from .io import atomic_write_json
+from .model import count_params, init_params, token_logprobs
+
+LN2 = math.log(2.0)
+
+
+def enable_compilation_cache() -> None:
+    """Persistent XLA cache: a second run of the same shapes skips compilation."""
+    path = os.environ.get("SEQGEN_JAX_CACHE", str(Path.home() / ".cache" / "seqgen_jax" / "xla"))
+    try:
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    except Exception:  # an older/newer JAX without these options still trains
+        pass
+
+
+# ---------------------------------------------------------------- optimiser and step
+def make_schedule(cfg: RunConfig, total_steps: int) -> Callable:
+    t = cfg.train
+    if t.schedule == "constant":
+        return optax.constant_schedule(t.lr)
+    warm = min(t.warmup_steps, max(total_steps // 10, 1))
+    return optax.warmup_cosine_decay_schedule(0.0, t.lr, warm, max(total_steps, warm + 1), end_value=t.lr * 0.02)
+
+
+def make_optimizer(cfg: RunConfig, total_steps: int) -> optax.GradientTransformation:
+    """The course's optimiser: clip the global norm (5), then Adam, with a schedule so the final model
+    (not only the best one) is good."""
+    return optax.chain(optax.clip_by_global_norm(cfg.train.clip), optax.adam(make_schedule(cfg, total_steps)))
+
+
+def _zero_acc():
+    # Distinct buffers: the state is donated, and one buffer cannot be donated twice.
+    return {k: jnp.zeros((), jnp.float32) for k in ("nll", "tokens", "gn_sum", "gn_sq", "gn_max", "steps")}
+
+
+def init_train_state(cfg: RunConfig, tx: optax.GradientTransformation) -> dict:
+    params = init_params(cfg.model, cfg.train.seed)
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+            "acc": _zero_acc()}
+
+
+def masked_nll(params, rows, cfg, dropout_key=None):
+    """(sum of -log p over real target tokens, their number): padding never enters the loss."""
+    lp, _ = token_logprobs(params, rows, cfg=cfg.model, dropout_key=dropout_key)
+    return -lp.sum(), (rows[:, 1:] != 0).sum().astype(jnp.float32)
+
+
+# optax renamed global_norm to tree.norm; keep both versions (CPU 0.2.8 here, GPU images differ) quiet.
+_global_norm = optax.tree.norm if hasattr(optax, "tree") and hasattr(optax.tree, "norm") else optax.global_norm
+
+
+def make_train_step(cfg: RunConfig, tx: optax.GradientTransformation):
+    """step(state, data (N+1, L+1) int32, idx (B,) int32) -> (state, {"loss", "grad_norm"}).
+
+    One compilation per bucket shape; state buffers are donated."""
+    use_dropout = cfg.model.dropout > 0
+
+    def step(state, data, idx):
+        rows = jnp.take(data, idx, axis=0)  # (B, L+1) gathered on the device
+        key = jax.random.fold_in(jax.random.key(cfg.train.seed), state["step"]) if use_dropout else None
+
+        def loss_fn(params):
+            nll, n = masked_nll(params, rows, cfg, key)
+            return nll / jnp.maximum(n, 1.0), (nll, n)
+
+        (loss, (nll, n)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        gn = _global_norm(grads)  # before clipping, as the course plots it
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        a = state["acc"]
+        acc = {"nll": a["nll"] + nll, "tokens": a["tokens"] + n, "gn_sum": a["gn_sum"] + gn,
+               "gn_sq": a["gn_sq"] + gn * gn, "gn_max": jnp.maximum(a["gn_max"], gn), "steps": a["steps"] + 1}
+        new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "acc": acc}
+        return new, {"loss": loss, "grad_norm": gn}
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+def make_eval_step(cfg: RunConfig):
+    """(params, data, idx) -> (sum nll, n tokens) without dropout."""
+
+    def ev(params, data, idx):
+        rows = jnp.take(data, idx, axis=0)
+        return masked_nll(params, rows, cfg)
+
+    return jax.jit(ev)
+
+
+# ---------------------------------------------------------------- device-resident buckets
+@dataclass
+class BucketedSplit:
+    plan: BucketPlan
+    data: list  # per bucket: device array (n_b + 1, L + 1) int32, last row all padding
+    n_tokens: int
+
+    @classmethod
+    def build(cls, seqs: Ragged, max_tokens: int, max_buckets: int, mesh, chunk=None, cap_batch=True):
+        rows = make_rows(seqs, chunk)
+        n_dev = mesh.devices.size
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            plan = plan_buckets(rows.lengths - 1, max_tokens, max_buckets, multiple=n_dev, cap_batch=cap_batch)
+        for w in caught[:1]:
+            print(f"warning: {w.message}", file=sys.stderr)
+        rep = shd.replicated(mesh)
+        data = [shd.put(pad_rows(rows, plan.members(b), bk.length + 1), rep) for b, bk in enumerate(plan.buckets)]
+        return cls(plan, data, int((rows.lengths - 1).sum()))
+
+
+def evaluate_ce(eval_step, params, split: BucketedSplit, mesh) -> tuple[float, float]:
+    """(cross-entropy in bits per token, number of tokens) over a whole split."""
+    bs = shd.batch_sharded(mesh)
+    tot = jnp.zeros(()), jnp.zeros(())
+    for b, idx in fixed_order(split.plan):
+        nll, n = eval_step(params, split.data[b], shd.put(idx, bs))
+        tot = (tot[0] + nll, tot[1] + n)
+    nll, n = float(tot[0]), float(tot[1])
+    return nll / max(n, 1.0) / LN2, n
+
+
+# ---------------------------------------------------------------- run directory
+class RunDir:
+    """config.json, vocab.json, metrics.jsonl, checkpoints/, best/, plots, samples/."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    @property
+    def config_path(self):
+        return self.path / "config.json"
+
+    def exists(self) -> bool:
+        return self.config_path.exists()
+
+    def load_config(self) -> RunConfig:
+        try:
+            return RunConfig.from_json(json.loads(self.config_path.read_text()))
+        except FileNotFoundError:
+            raise UserError(f"{self.path} is not a run directory (no config.json); train one with "
+                            f"seqgen train NAME --run-dir {self.path}") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"{self.config_path} is not valid JSON ({e}); the run directory is damaged") from None
+
+    def read_metrics(self) -> list[dict]:
+        out = []
+        p = self.path / "metrics.jsonl"
+        if p.exists():
+            for line in p.read_text().splitlines():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass  # a line cut short by a killed process
+        return out
+
+    def truncate_metrics(self, step: int, epoch_done: int) -> None:
+        """Drop records written after the checkpoint we resume from (and any torn last line)."""
+        keep = [m for m in self.read_metrics()
+                if ("epoch" in m and m["epoch"] <= epoch_done) or ("epoch" not in m and m.get("step", 0) <= step)]
+        from .io import atomic_write_text
+
+        atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in keep))
+
+    def append_metrics(self, *records: dict) -> None:
+        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+
+
+def check_writable(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write the run directory {path}: {e.strerror or e}; choose another --run-dir") from None
+
+
+def _fmt_time(s: float) -> str:
+    return f"{s:.0f}s" if s < 120 else f"{s / 60:.1f}m"
+
+
+# ---------------------------------------------------------------- the loop
+def _flush_step_record(run: RunDir, pending, schedule) -> None:
+    """Write a logged step's record (the device values are fetched here, a step after dispatch)."""
+    pstep, pm, ptoks, pt = pending
+    run.append_metrics({"step": pstep, "loss": float(pm["loss"]), "grad_norm": float(pm["grad_norm"]),
+                        "lr": float(schedule(pstep - 1)), "tokens_per_s": ptoks / max(pt, 1e-9)})
+
+
+def train(cfg: RunConfig, run_dir, *, resume: bool = False, log: Callable[[str], None] = print,
+          dataset: Dataset | None = None, mesh=None) -> dict:
+    """Train per `cfg` into `run_dir`; returns the last epoch record. With `resume`, continue from
+    the last checkpoint and end with the same metrics as an uninterrupted run."""
+    validate(cfg)
+    enable_compilation_cache()
+    run = RunDir(run_dir)
+    primary = jax.process_index() == 0
+    if resume:
+        if not run.exists():
+            raise UserError(f"--resume: {run.path} is not a run directory; start it without --resume")
+        saved = run.load_config()
+        if saved.model != replace(cfg.model, vocab_size=saved.model.vocab_size) or saved.data != cfg.data:
+            raise UserError(f"--resume: the model or data settings differ from {run.config_path}; "
+                            "resume with the saved settings or train into a new --run-dir")
+        cfg = replace(saved, train=replace(saved.train, epochs=cfg.train.epochs, max_time=cfg.train.max_time))
+    elif run.exists() or (run.path / "checkpoints").exists():
+        raise UserError(f"{run.path} already holds a run; pass --resume to continue it or choose a new --run-dir")
+    if primary:
+        check_writable(run.path)
+
+    t_start = time.time()
+    ds = dataset if dataset is not None else build_dataset(cfg.data)
+    cfg = replace(cfg, model=replace(cfg.model, vocab_size=len(ds.vocab)))
+    mesh = mesh if mesh is not None else shd.make_mesh(cfg.train.devices)
+    train_split = BucketedSplit.build(ds.train, cfg.train.max_tokens, cfg.train.max_buckets, mesh, cfg.data.chunk)
+    val_split = BucketedSplit.build(ds.val, cfg.train.max_tokens, cfg.train.max_buckets, mesh, cfg.data.chunk)
+    plan = train_split.plan
+    steps_per_epoch = plan.batches_per_epoch()
+    total_steps = steps_per_epoch * cfg.train.epochs
+    tx = make_optimizer(cfg, total_steps)
+    schedule = make_schedule(cfg, total_steps)
+    rep, bsh = shd.replicated(mesh), shd.batch_sharded(mesh)
+    state = jax.device_put(init_train_state(cfg, tx), rep)
+    log(f"{ds.spec}: {len(ds.train):,} train / {len(ds.val):,} val sequences, vocab {len(ds.vocab)}; "
+        f"model {cfg.model.embed}/{cfg.model.hidden}x{cfg.model.layers} ({count_params(state['params']):,} params) "
+        f"on {mesh.devices.size} {jax.default_backend()} device(s)")
+    log(f"train: {plan.describe()}")
+
+    ckpt = Checkpointer(run.path, keep=cfg.train.keep, primary=primary)
+    start_epoch, start_batch, best_val = 0, 0, math.inf
+    if resume:
+        train_like = {k: v for k, v in state.items() if k != "params"}
+        step0, params, rest, meta = ckpt.restore("latest", abstract(state["params"]), abstract(train_like))
+        state = {"params": params, **rest}
+        start_epoch, start_batch, best_val = meta["epoch"], meta["batch"], meta.get("best_val", math.inf)
+        if primary:
+            run.truncate_metrics(step0, start_epoch)
+        log(f"resumed from step {step0} (epoch {start_epoch + 1}, batch {start_batch})")
+        if start_epoch >= cfg.train.epochs:
+            log("nothing to do: the run has finished all its epochs")
+            ckpt.close()
+            recs = [m for m in run.read_metrics() if "epoch" in m]
+            return recs[-1] if recs else {}
+    elif primary:
+        from .io import atomic_write_text
+
+        atomic_write_text(run.config_path, cfg.dumps())
+        ds.vocab.save(run.path / "vocab.json")
+        (run.path / "metrics.jsonl").write_text("")
+
+    from .evaluate import EpochEvaluator
+
+    evaluator = EpochEvaluator(cfg, ds, run.path if primary else None)
+    step_fn = make_train_step(cfg, tx)
+    eval_fn = make_eval_step(cfg)
+    deadline = t_start + cfg.train.max_time if cfg.train.max_time else math.inf
+    last = {}
+    for epoch in range(start_epoch, cfg.train.epochs):
+        order = epoch_order(plan, cfg.train.seed, epoch)
+        if epoch != start_epoch or start_batch == 0:
+            state["acc"] = jax.device_put(_zero_acc(), rep)
+        t_epoch, pending = time.time(), None
+        tokens_since, t_log = 0, time.time()
+        stopped = False
+        for bi in range(start_batch if epoch == start_epoch else 0, len(order)):
+            b, idx = order[bi]
+            gstep = epoch * steps_per_epoch + bi + 1
+            state, m = step_fn(state, train_split.data[b], shd.put(idx, bsh))
+            tokens_since += len(idx) * plan.buckets[b].length
+            if pending is not None and primary:  # one step late: the previous step is done or nearly
+                _flush_step_record(run, pending, schedule)
+                pending = None
+            if gstep % cfg.train.log_every == 0:
+                now = time.time()
+                pending = (gstep, m, tokens_since, now - t_log)
+                tokens_since, t_log = 0, now
+            if time.time() > deadline and bi + 1 < len(order):
+                if pending is not None and primary:
+                    _flush_step_record(run, pending, schedule)
+                    pending = None
+                ckpt.save(gstep, state["params"], {k: v for k, v in state.items() if k != "params"},
+                          {"epoch": epoch, "batch": bi + 1, "best_val": best_val})
+                log(f"--max-time reached at step {gstep}; checkpoint saved, continue with --resume")
+                stopped = True
+                break
+        if stopped:
+            break
+        if pending is not None and primary:
+            _flush_step_record(run, pending, schedule)
+        acc = jax.device_get(state["acc"])  # the one sync per epoch
+        seconds = time.time() - t_epoch
+        val_ce, _ = evaluate_ce(eval_fn, state["params"], val_split, mesh)
+        nsteps = max(float(acc["steps"]), 1.0)
+        gstep = (epoch + 1) * steps_per_epoch
+        rec = {"epoch": epoch + 1, "step": gstep, "train_loss": float(acc["nll"] / max(acc["tokens"], 1.0)),
+               "train_ce_bits_per_token": float(acc["nll"] / max(acc["tokens"], 1.0) / LN2),
+               "val_ce_bits_per_token": val_ce, "grad_norm_mean": float(acc["gn_sum"] / nsteps),
+               "grad_norm_std": float(math.sqrt(max(acc["gn_sq"] / nsteps - (acc["gn_sum"] / nsteps) ** 2, 0.0))),
+               "grad_norm_max": float(acc["gn_max"]), "lr": float(schedule(gstep - 1)), "seconds": seconds,
+               "tokens_per_s": train_split.n_tokens / max(seconds, 1e-9), "elapsed": time.time() - t_start}
+        rec.update(evaluator(state["params"], epoch + 1, val_ce))
+        is_best = val_ce < best_val
+        best_val = min(best_val, val_ce)
+        if primary:
+            run.append_metrics(rec)
+        ckpt.save(gstep, state["params"], {k: v for k, v in state.items() if k != "params"},
+                  {"epoch": epoch + 1, "batch": 0, "best_val": best_val}, best=is_best)
+        if primary:
+            from .plots import plot_run
+
+            plot_run(run.path, cfg)
+        left = (cfg.train.epochs - epoch - 1) * seconds
+        extra = "".join(f"  {k} {rec[k]:.4f}" for k in ("kl_bits_per_token",) if k in rec)
+        if "valid_rate_1.0" in rec:
+            extra += f"  valid(T=0/1) {rec['valid_rate_0.0']:.3f}/{rec['valid_rate_1.0']:.3f}"
+        log(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {rec['train_ce_bits_per_token']:.4f}  "
+            f"val {val_ce:.4f} bits/token{extra}  grad {rec['grad_norm_mean']:.3f}  "
+            f"{rec['tokens_per_s'] / 1e6:.2f}M tok/s  {_fmt_time(seconds)}  left ~{_fmt_time(left)}")
+        last = rec
+        start_batch = 0
+    ckpt.wait()
+    ckpt.close()
+    return last

@@ -1,0 +1,26 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_IMDB = ROOT.parent / "shared" / "data" / "aclImdb_v1.tar.gz"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # Caches go to a per-session temporary folder so tests never depend on a user's ~/.cache.
+    base = tmp_path_factory.getbasetemp()
+    monkeypatch.setenv("SEQGEN_CACHE", str(base / "seqgen-cache"))
+    monkeypatch.setenv("SEQGEN_JAX_CACHE", str(base / "xla-cache"))
+
+
+def run_cli(*args, env=None, timeout=600):
+    """`python -m seqgen_jax ARGS` in a fresh process: (returncode, stdout, stderr)."""
+    e = dict(os.environ)
+    e.update(env or {})
+    p = subprocess.run([sys.executable, "-m", "seqgen_jax", *map(str, args)], capture_output=True, text=True,
+                       env=e, timeout=timeout, cwd=ROOT)
+    return p.returncode, p.stdout, p.stderr
