@@ -6,9 +6,9 @@ from .config import RunConfig
 from .data import parse_spec
 
 PRESETS: dict[str, dict] = {
-    "brackets": {"model.embed": 32, "model.hidden": 32, "train.lr": 0.01, "train.epochs": 8},
-    "ndfa": {"model.embed": 32, "model.hidden": 32, "train.lr": 0.01, "train.epochs": 6},
-    "toy": {"model.embed": 32, "model.hidden": 128, "train.lr": 0.005, "train.epochs": 10},
+    "brackets": {"model.embed": 32, "model.hidden": 32, "train.lr": 0.01, "train.epochs": 12},
+    "ndfa": {"model.embed": 32, "model.hidden": 32, "train.lr": 0.01, "train.epochs": 10},
+    "toy": {"model.embed": 32, "model.hidden": 64, "train.lr": 0.01, "train.epochs": 10},
     "imdb": {"model.embed": 64, "model.hidden": 512, "model.dropout": 0.1, "train.lr": 0.003,
              "train.epochs": 4, "train.max_tokens": 32_000, "data.chunk": 256, "train.eval_samples": 10},
 }

@@ -1,0 +1,92 @@
+"""The training bars on this machine, end to end through the `seqgen` CLI with default settings.
+
+    python benchmarks/bars.py [--only brackets ndfa toy] [--out benchmarks/results]
+
+For each dataset: `seqgen train NAME` (preset defaults) timed as wall-clock, compilation included,
+then `seqgen eval RUN --split test --samples 2000`; prints KL, valid rates and the time against the
+bars and writes bars.json. Also measures the epoch throughput of 150,000 brackets strings at (32, 16)."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BARS = {  # (seconds, max KL bits/token, min valid rate at T = 1)
+    "brackets": (90, 0.005, 0.98),
+    "ndfa": (120, 0.005, 0.99),
+    "toy": (600, 0.01, 0.90),
+}
+
+
+def seqgen(*args):
+    return subprocess.run([sys.executable, "-m", "seqgen_jax", *map(str, args)], capture_output=True, text=True)
+
+
+def epoch_throughput():
+    import jax
+
+    from seqgen_jax import sharding as shd
+    from seqgen_jax.config import RunConfig
+    from seqgen_jax.data import Brackets
+    from seqgen_jax.data.vocab import Ragged, Vocab
+    from seqgen_jax.train import BucketedSplit, epoch_order, init_train_state, make_optimizer, make_train_step
+
+    vocab = Vocab.from_symbols("()")
+    cfg = RunConfig().override(**{"model.embed": 32, "model.hidden": 16, "model.vocab_size": 6})
+    mesh = shd.make_mesh(1)
+    split = BucketedSplit.build(Ragged.from_strings(Brackets().strings(150_000, 0), vocab), 10_000, 12, mesh)
+    tx = make_optimizer(cfg, 10_000)
+    state = jax.device_put(init_train_state(cfg, tx), shd.replicated(mesh))
+    step = make_train_step(cfg, tx)
+    times = []
+    for epoch in range(3):
+        t = time.perf_counter()
+        for b, idx in epoch_order(split.plan, 0, epoch):
+            state, _ = step(state, split.data[b], shd.put(idx, shd.batch_sharded(mesh)))
+        jax.block_until_ready(state["params"])
+        times.append(time.perf_counter() - t)
+    return split.n_tokens / min(times[1:]), min(times[1:])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", nargs="*", default=list(BARS))
+    ap.add_argument("--out", default="benchmarks/results")
+    a = ap.parse_args()
+    results = {}
+    tmp = Path(tempfile.mkdtemp(prefix="seqgen-bars-"))
+    for name in a.only:
+        run = tmp / name
+        t = time.perf_counter()
+        p = seqgen("train", name, "--run-dir", run)
+        train_s = time.perf_counter() - t
+        if p.returncode:
+            print(p.stderr)
+            continue
+        e = json.loads(seqgen("eval", run, "--split", "test", "--samples", "2000", "--json").stdout)
+        secs, kl_bar, valid_bar = BARS[name]
+        r = {"train_seconds": train_s, "kl_bits_per_token": e["kl_bits_per_token"],
+             "valid_rate": e["valid_rate"], "ce_bits_per_token": e["ce_bits_per_token"],
+             "entropy_bits_per_token": e["entropy_bits_per_token"], "prefix_valid_rate": e["prefix_valid_rate"],
+             "bars": {"seconds": secs, "kl": kl_bar, "valid_rate_1.0": valid_bar},
+             "pass": train_s <= secs and e["kl_bits_per_token"] <= kl_bar and e["valid_rate"]["1.0"] >= valid_bar}
+        results[name] = r
+        print(f"{name:9} train {train_s:6.1f}s (bar {secs}s)  KL {r['kl_bits_per_token']:.4f} (bar {kl_bar})  "
+              f"valid T=0 {e['valid_rate']['0.0']:.4f}  T=1 {e['valid_rate']['1.0']:.4f} (bar {valid_bar})  "
+              f"{'PASS' if r['pass'] else 'MISS'}", flush=True)
+    tps, sec = epoch_throughput()
+    results["epoch_brackets_32_16"] = {"tokens_per_s": tps, "seconds": sec, "bar_tokens_per_s": 1.5e6}
+    print(f"epoch of 150,000 brackets strings at (32, 16): {tps / 1e6:.2f} M tokens/s ({sec:.2f} s; bar 1.5 M)")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bars.json").write_text(json.dumps(results, indent=2))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The IMDb loader on the real archive and on small archives built here."""
+import gzip
+import io
+import json
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+
+from conftest import SHARED_IMDB, run_cli
+from seqgen_jax.data import load_imdb
+from seqgen_jax.data.imdb import ImdbOptions, load_corpus
+from seqgen_jax.errors import UserError
+
+
+def _archive(path, files: dict, mode="w:gz"):
+    with tarfile.open(path, mode) as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _small_files(n=6, unsup=True):
+    files = {"aclImdb/README": b"readme"}
+    for split in ("train", "test"):
+        for pol in ("pos", "neg"):
+            for i in range(n):
+                r = 8 if pol == "pos" else 2
+                files[f"aclImdb/{split}/{pol}/{i}_{r}.txt"] = f"{split} {pol} review {i}.<br /><br />Caf\u00e9!".encode()
+    if unsup:
+        files["aclImdb/train/unsup/0_0.txt"] = b"unlabelled"
+    return files
+
+
+def test_small_archive_splits_labels_and_options(tmp_path):
+    src = _archive(tmp_path / "a.tar.gz", _small_files())
+    (x_tr, y_tr), (x_va, y_va), (i2w, w2i), ncls = load_imdb(val=4, seed=3, char=True, path=src)
+    assert ncls == 2 and len(x_tr) == 8 and len(x_va) == 4 and i2w[:4] == [".pad", ".start", ".end", ".unk"]
+    assert sorted(y_tr + y_va) == [0] * 6 + [1] * 6
+    text = "".join(i2w[i] for i in x_tr[0])
+    assert "\n\n" in text and "<br />" not in text and "Caf\u00e9" in text
+    (x_tr2, _), (x_va2, _), _, _ = load_imdb(val=4, seed=3, char=True, path=src)
+    assert x_va2 == x_va  # the seed is honoured, the split deterministic
+    (_, _), (x_va3, _), _, _ = load_imdb(val=4, seed=4, char=True, path=src)
+    assert x_va3 != x_va
+    (x_te, y_te), _ = load_imdb(final=True, char=True, path=src)[1], None
+    assert len(x_te) == 12
+    kept = load_corpus(src, ImdbOptions(keep_br=True))
+    assert "<br />" in kept.vocab.decode(kept.train[0])
+    small = load_imdb(voc=6, val=2, char=True, path=src)
+    assert len(small[2][0]) == 6 and max(max(s) for s in small[0][0]) < 6
+    words = load_imdb(char=False, val=2, path=src)
+    assert "review" in words[2][0] and "unsup" not in words[2][0] and "unlabelled" not in words[2][0]
+    # The extracted-folder layout gives the same corpus.
+    with tarfile.open(src) as tf:
+        tf.extractall(tmp_path / "x")
+    a, b = load_corpus(src), load_corpus(tmp_path / "x")
+    assert np.array_equal(a.train.flat, b.train.flat) and a.vocab == b.vocab
+
+
+def test_bad_archives_give_clear_errors(tmp_path, monkeypatch):
+    bad = _small_files(unsup=False)
+    bad["aclImdb/train/pos/0_8.txt"] = b"\xff\xfe broken"
+    cases = {
+        "invalid UTF-8": _archive(tmp_path / "bad.tar.gz", bad),
+        "no aclImdb": _archive(tmp_path / "empty.tar.gz", {}),
+        "no aclImdb": _archive(tmp_path / "foreign.tar.gz", {"other/file.txt": b"x"}),
+    }
+    (tmp_path / "not.tar.gz").write_bytes(b"this is not an archive")
+    cases["not a readable tar"] = tmp_path / "not.tar.gz"
+    for want, path in cases.items():
+        with pytest.raises(UserError) as e:
+            load_corpus(path)
+        assert want.split()[0] in str(e.value) or "holds no" in str(e.value)
+    monkeypatch.delenv("SEQGEN_IMDB", raising=False)
+    with pytest.raises(UserError, match="SEQGEN_IMDB"):
+        load_corpus(None)
+    with pytest.raises(UserError, match="does not exist"):
+        load_corpus(tmp_path / "nowhere.tar.gz")
+
+
+def test_course_pickle_loads(tmp_path):
+    i2w = [".pad", ".start", ".end", ".unk", "a", "b"]
+    seqs = {"train": [[4, 5], [5], [4, 4, 4]], "test": [[5, 5]]}
+    labels = {"train": [0, 1, 1], "test": [0]}
+    p = tmp_path / "imdb.char.pkl.gz"
+    with gzip.open(p, "wb") as f:
+        pickle.dump((seqs, labels, i2w, {w: i for i, w in enumerate(i2w)}), f)
+    (x_tr, y_tr), (x_va, y_va), (i2w2, _), _ = load_imdb(val=1, path=p)
+    assert i2w2 == i2w and len(x_tr) == 2 and len(x_va) == 1
+    assert load_imdb(final=True, path=p)[1][0] == [[5, 5]]
+
+
+@pytest.mark.skipif(not SHARED_IMDB.exists(), reason="the shared IMDb archive is not beside this checkout")
+def test_real_archive_splits_and_cache(tmp_path):
+    rc, out, err = run_cli("data", "imdb", "--imdb", SHARED_IMDB, "--stats", "--json")
+    assert rc == 0, err
+    d = json.loads(out)
+    assert (d["n_train"], d["n_val"], d["n_test"]) == (20_000, 5_000, 25_000)
+    assert d["n_chars_train"] > 20_000_000 and 100 < d["vocab_size"] < 400
+    assert d["cache"] and (tmp_path.parent / "x").exists() is False
+    c = load_corpus(SHARED_IMDB)  # from the cache written by the command above
+    assert c.cache == d["cache"] and isinstance(c.train.flat, np.memmap)
+    assert int(c.labels["train"].sum()) == 12_500 and len(c.test) == 25_000
