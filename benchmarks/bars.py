@@ -28,29 +28,14 @@ def seqgen(*args):
 
 
 def epoch_throughput():
-    import jax
+    """Warm-epoch tokens/s of 150,000 brackets strings at (32, 16), budget 10,000 (throughput.py's harness)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from throughput import jax_epoch
 
-    from seqgen_jax import sharding as shd
-    from seqgen_jax.config import RunConfig
     from seqgen_jax.data import Brackets
-    from seqgen_jax.data.vocab import Ragged, Vocab
-    from seqgen_jax.train import BucketedSplit, epoch_order, init_train_state, make_optimizer, make_train_step
 
-    vocab = Vocab.from_symbols("()")
-    cfg = RunConfig().override(**{"model.embed": 32, "model.hidden": 16, "model.vocab_size": 6})
-    mesh = shd.make_mesh(1)
-    split = BucketedSplit.build(Ragged.from_strings(Brackets().strings(150_000, 0), vocab), 10_000, 12, mesh)
-    tx = make_optimizer(cfg, 10_000)
-    state = jax.device_put(init_train_state(cfg, tx), shd.replicated(mesh))
-    step = make_train_step(cfg, tx)
-    times = []
-    for epoch in range(3):
-        t = time.perf_counter()
-        for b, idx in epoch_order(split.plan, 0, epoch):
-            state, _ = step(state, split.data[b], shd.put(idx, shd.batch_sharded(mesh)))
-        jax.block_until_ready(state["params"])
-        times.append(time.perf_counter() - t)
-    return split.n_tokens / min(times[1:]), min(times[1:])
+    tps, _, split = jax_epoch(Brackets().strings(150_000, 0), 32, 16, 10_000)
+    return tps, split.n_tokens / tps
 
 
 def main():

@@ -3,9 +3,10 @@ samples were "the and the and ..."), against our recommended configurations for 
 from runner import Study, main
 
 REPORT = {"model.embed": 250, "model.hidden": 250, "model.layers": 1, "train.lr": 0.01, "train.epochs": 20,
-          "train.max_tokens": 130_000, "model.dropout": 0.0, "data.chunk": 100_000}
+          "train.max_tokens": 130_000, "model.dropout": 0.0, "data.chunk": 100_000, "data.n_val": 1000}
 CPU = {"model.embed": 64, "model.hidden": 512, "model.layers": 1, "model.dropout": 0.1, "train.lr": 0.003,
-       "train.epochs": 2, "train.max_tokens": 32_000, "data.chunk": 256, "train.max_time": "30m"}
+       "train.epochs": 2, "train.max_tokens": 32_000, "data.chunk": 256, "train.max_time": "30m",
+       "data.n_val": 1000}
 GPU = {"model.embed": 128, "model.hidden": 1024, "model.layers": 2, "model.dropout": 0.25, "train.lr": 0.002,
        "train.epochs": 8, "train.max_tokens": 131_072, "data.chunk": 512, "train.max_time": "10m",
        "model.precision": "bf16"}

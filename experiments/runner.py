@@ -66,7 +66,7 @@ def _train_one(args: tuple) -> dict:
     row = {"config": name, "epochs": last["epoch"], "wall_s": last.get("elapsed"),
            "tokens_per_s": sum(e["tokens_per_s"] for e in epochs) / len(epochs),
            "final_val_ce": last["val_ce_bits_per_token"], "test_ce": ev["ce_bits_per_token"],
-           **{k: v for k, v in overrides.items()}}
+           **{k: v for k, v in overrides.items() if k != "data.imdb"}}
     if "kl_bits_per_token" in ev:
         row.update({"kl_bits_per_token": ev["kl_bits_per_token"], "valid_0": ev["valid_rate"].get("0.0"),
                     "valid_1": ev["valid_rate"].get("1.0"), "prefix_valid_rate": ev["prefix_valid_rate"]})
@@ -80,7 +80,7 @@ def _train_one(args: tuple) -> dict:
 FLAG = {"model.embed": "--embed", "model.hidden": "--hidden", "model.layers": "--layers", "model.dropout": "--dropout",
         "train.lr": "--lr", "train.epochs": "--epochs", "train.max_tokens": "--max-tokens", "data.n_train": "--n-train",
         "train.max_time": "--max-time", "data.chunk": "--chunk", "train.schedule": "--schedule",
-        "model.precision": "--precision", "data.n_val": "--n-val", "data.n_test": "--n-test"}
+        "model.precision": "--precision", "data.n_val": "--n-val", "data.n_test": "--n-test", "data.imdb": "--imdb"}
 
 
 def _flags(overrides: dict) -> list[str]:
@@ -153,6 +153,7 @@ def main(study: Study, argv=None) -> None:
     ap.add_argument("--only", nargs="*", help="configuration names to run")
     ap.add_argument("--workers", type=int, default=1, help="parallel processes (one per GPU on a multi-GPU box)")
     ap.add_argument("--list", action="store_true", help="print the configuration names and exit")
+    ap.add_argument("--imdb", help="IMDb archive or folder (else $SEQGEN_IMDB)")
     a = ap.parse_args(argv)
     configs = study.quick if a.quick else study.configs
     if a.list:
@@ -168,6 +169,8 @@ def main(study: Study, argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     note = ("--quick: " + study.quick_note) if a.quick else "Full settings from the course report."
     print(note, flush=True)
+    if a.imdb:
+        configs = {n: {**o, "data.imdb": a.imdb} for n, o in configs.items()}
     n_dev = a.workers
     jobs = [(str(out), n, study.dataset, o, (i % n_dev if n_dev > 1 and os.environ.get("SEQGEN_PIN_GPUS") else None),
              study.eval_args) for i, (n, o) in enumerate(configs.items())]
@@ -184,9 +187,5 @@ def main(study: Study, argv=None) -> None:
                   (r["error"] if "error" in r else f"test CE {r['test_ce']:.4f}" +
                    (f", KL {r['kl_bits_per_token']:.4f}, valid T=1 {r['valid_1']:.3f}" if "kl_bits_per_token" in r else "")),
                   flush=True)
-    # Configurations run by other processes (e.g. a SLURM array) land in the same folder: include them.
-    have = {r["config"] for r in rows}
-    for d in sorted(p for p in out.iterdir() if p.is_dir() and p.name not in have and (p / "config.json").exists()):
-        pass  # only the requested set is summarised; run without --only to summarise everything
     write_summary(study, rows, out, note)
     print(f"\n{study.name}: {len(rows)} configurations in {time.time() - t:.0f}s -> {out}/summary.md")

@@ -122,7 +122,10 @@ def cmd_sample(a) -> None:
 
     from .sample import check_sampling_args, sample
 
-    check_sampling_args(a.n, a.temperature, a.top_k, a.max_len)
+    if a.top_k is not None and a.top_k < 1:
+        raise UserError(f"--top-k {a.top_k} must be >= 1 (leave it out to sample from every token)")
+    top_k = a.top_k or 0
+    check_sampling_args(a.n, a.temperature, top_k, a.max_len)
     cfg, vocab, params, step = _restore(a.run, a.checkpoint)
     lang = None
     if cfg.data.name.split(":")[0] != "imdb":
@@ -130,7 +133,7 @@ def cmd_sample(a) -> None:
 
         lang = get_language(cfg.data.name)
     s = sample(params, cfg.model, vocab, n=a.n, key=jax.random.key(a.seed), temperature=a.temperature,
-               top_k=a.top_k, prompt=a.prompt, max_len=a.max_len)
+               top_k=top_k, prompt=a.prompt, max_len=a.max_len)
     for text, ended in zip(s.texts(vocab), s.ended):
         if a.format == "text":
             print(text)
@@ -184,7 +187,7 @@ def add_commands(sub) -> None:
     s.add_argument("--checkpoint", default="latest", help="latest, best or a step number")
     s.add_argument("--n", type=int, default=10)
     s.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    s.add_argument("--top-k", type=int, default=0, help="sample among the k most likely (0 = all)")
+    s.add_argument("--top-k", type=int, default=None, help="sample among the k most likely (default: all)")
     s.add_argument("--prompt", default="", help="symbols to continue after .start")
     s.add_argument("--max-len", type=int, default=200)
     s.add_argument("--seed", type=int, default=0)

@@ -10,7 +10,7 @@ PRESETS: dict[str, dict] = {
     "ndfa": {"model.embed": 32, "model.hidden": 32, "train.lr": 0.01, "train.epochs": 10},
     "toy": {"model.embed": 32, "model.hidden": 64, "train.lr": 0.01, "train.epochs": 10},
     "imdb": {"model.embed": 64, "model.hidden": 512, "model.dropout": 0.1, "train.lr": 0.003,
-             "train.epochs": 4, "train.max_tokens": 32_000, "data.chunk": 256, "train.eval_samples": 10},
+             "train.epochs": 2, "train.max_tokens": 32_000, "data.chunk": 256, "data.n_val": 1000},
 }
 PRESETS["dyck1"] = PRESETS["brackets"]
 

@@ -99,7 +99,7 @@ def test_train_sample_eval_and_restore_in_new_process(trained_run, tmp_path):
 
 def test_bad_sampling_and_checkpoint_input(trained_run, tmp_path):
     run = trained_run
-    for args in (("--temperature", "-1"), ("--top-k", "-2"), ("--n", "0"), ("--max-len", "0"),
+    for args in (("--temperature", "-1"), ("--top-k", "0"), ("--n", "0"), ("--max-len", "0"),
                  ("--prompt", "ab"), ("--checkpoint", "999999"), ("--checkpoint", "soon")):
         _one_line_error(*run_cli("sample", run, *args))
     # Existing run without --resume is refused and left as it was.
