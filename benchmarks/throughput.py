@@ -149,7 +149,7 @@ def torch_epoch(args, split, strings, e, h, vocab_size=6):
         plan = split.plan
         members = [plan.members(b) for b in range(len(plan.buckets))]
         if variant == "careful":  # pre-padded bucket matrices on the device, once
-            mats = [torch.as_tensor(np.asarray(d), device=dev) for d in split.data]
+            mats = [torch.as_tensor(np.asarray(d), device=dev).long() for d in split.data]
         times = []
         for epoch in range(2):
             t = time.perf_counter()
@@ -188,7 +188,11 @@ def main(argv=None):
                     help="fp32: strict float32 on both sides; tf32: both frameworks' TF32 defaults (GPU)")
     ap.add_argument("--json", default="benchmarks/results/throughput.json")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes, to check the harness itself (tests)")
     args = ap.parse_args(argv)
+    models, shapes, n_str, epoch_size, sample_ns, sample_len = MODELS, SHAPES, None, (300, 300), (1000, 10), 200
+    if args.smoke:
+        models, shapes, epoch_size, sample_ns, sample_len = [(8, 8, 6)], [(20, 5)], (8, 8), (10,), 20
 
     import os
 
@@ -207,7 +211,7 @@ def main(argv=None):
         except ImportError:
             print("PyTorch is not installed (pip install -e '.[torch]'): JAX rows only", file=sys.stderr)
             have_torch = False
-    repeats = 3 if args.quick else 10
+    repeats = 1 if args.smoke else 3 if args.quick else 10
     rows = []
 
     def add(kind, what, jax_v, careful=None, course=None, **extra):
@@ -219,34 +223,35 @@ def main(argv=None):
         print(f"{kind:6} {what:32} jax {fmt(jax_v):>9}  careful {fmt(careful):>9}  course {fmt(course):>9}",
               flush=True)
 
-    for e, h, V in MODELS:
-        for B, T in SHAPES:
+    for e, h, V in models:
+        for B, T in shapes:
             j, comp = jax_train_row(e, h, V, B, T, repeats)
             c = torch_rows(args, e, h, V, B, T, repeats) if have_torch else (None, None)
             add("train", f"({e},{h}) V={V} {B}x{T}", j, *c, compile_s=comp)
 
     from seqgen_jax.data import Brackets
 
-    n_str = 15_000 if args.quick else 150_000
+    n_str = 300 if args.smoke else 15_000 if args.quick else 150_000
     strings = Brackets().strings(n_str, 0)
+    ee, eh = epoch_size
     for budget in (10_000, 60_000):
-        j, comp, split = jax_epoch(strings, 300, 300, budget)
-        t = torch_epoch(args, split, strings, 300, 300) if have_torch else {}
-        add("epoch", f"brackets {n_str} (300,300) max {budget}", j, t.get("careful"), t.get("course"),
+        j, comp, split = jax_epoch(strings, ee, eh, budget)
+        t = torch_epoch(args, split, strings, ee, eh) if have_torch else {}
+        add("epoch", f"brackets {n_str} ({ee},{eh}) max {budget}", j, t.get("careful"), t.get("course"),
             compile_s=comp, epoch_s=split.n_tokens / j)
 
-    course_len = 50 if args.quick else 200
-    for n in (1000, 10):
-        for e, h, V in ((300, 300, 6), (32, 16, 6)):
-            j = jax_sample(e, h, V, n, 200, repeats)
-            c = torch_sample(args, e, h, V, n, 200, repeats, course_len) if have_torch else (None, None)
-            add("sample", f"({e},{h}) {n}x200 (re-run {n}x{course_len})", j, *c)
+    course_len = sample_len // 4 if (args.quick or args.smoke) else sample_len
+    for n in sample_ns:
+        for e, h, V in ((ee, eh, 6),) if args.smoke else ((300, 300, 6), (32, 16, 6)):
+            j = jax_sample(e, h, V, n, sample_len, repeats)
+            c = torch_sample(args, e, h, V, n, sample_len, repeats, course_len) if have_torch else (None, None)
+            add("sample", f"({e},{h}) {n}x{sample_len} (re-run {n}x{course_len})", j, *c)
 
     ratios = [r["ratio_careful"] for r in rows if r["ratio_careful"]]
     dev = jax.devices()[0]
     meta = {"date": datetime.date.today().isoformat(), "device": getattr(dev, "device_kind", str(dev)),
             "backend": jax.default_backend(), "jax": jax.__version__, "precision": args.precision,
-            "quick": args.quick, "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
+            "quick": args.quick, "smoke": args.smoke, "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count()}
     if have_torch:
         import torch
