@@ -100,7 +100,6 @@ def jax_sample(e, h, V, n, length, repeats):
     import jax
 
     from seqgen_jax.config import ModelConfig
-    from seqgen_jax.data.vocab import Vocab
     from seqgen_jax.model import init_params
     from seqgen_jax.sample import _sample, padded_n
 

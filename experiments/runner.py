@@ -51,7 +51,6 @@ def _train_one(args: tuple) -> dict:
     else:
         cfg = preset_config(dataset).override(**overrides)
     flags = _flags(overrides)
-    t = time.time()
     if not done:
         p = subprocess.run(cmd + ([] if "--resume" in cmd else flags), capture_output=True, text=True, env=env)
         if p.returncode:
@@ -140,7 +139,7 @@ def write_summary(study: Study, rows: list[dict], out: Path, note: str) -> None:
         if "error" in r:
             lines.append(f"\n{r['config']} failed: {r['error']}")
     lines += ["", "Per configuration: loss.png and grad_norm.png (the report's Figures 1-4) in its run directory.",
-              f"Comparison plot: comparison_*.png."]
+              "Comparison plot: comparison_*.png."]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     _plots(study, ok, out)
     print("\n".join(lines))

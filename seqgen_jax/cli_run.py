@@ -1,10 +1,8 @@
 """`seqgen train | sample | eval` (kept apart so `seqgen data` never imports JAX)."""
 from __future__ import annotations
 
-import argparse
 import json
 import math
-from dataclasses import replace
 from pathlib import Path
 
 from .errors import UserError

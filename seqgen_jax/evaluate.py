@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import sharding as shd
 from .buckets import fixed_order, make_rows, pad_rows, plan_buckets
 from .config import RunConfig
 from .data import Dataset

@@ -19,7 +19,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from . import sharding as shd
@@ -29,7 +28,6 @@ from .config import RunConfig, validate
 from .data import Dataset, build_dataset
 from .data.vocab import Ragged
 from .errors import UserError
-from .io import atomic_write_json
 from .model import count_params, init_params, token_logprobs
 
 LN2 = math.log(2.0)

@@ -1,6 +1,5 @@
 """The LSTM, the jitted step, compilation per bucket, checkpoints, resume and determinism."""
 import json
-import math
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +9,7 @@ import pytest
 
 from seqgen_jax.config import RunConfig
 from seqgen_jax.data import build_dataset
-from seqgen_jax.data.vocab import Ragged, Vocab
+from seqgen_jax.data.vocab import Vocab
 from seqgen_jax.model import apply, init_params, lstm_layer, token_logprobs
 from seqgen_jax.train import _global_norm, BucketedSplit, epoch_order, init_train_state, make_optimizer, make_train_step, train
 from seqgen_jax import sharding as shd
