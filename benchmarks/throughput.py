@@ -48,16 +48,22 @@ def jax_train_row(e, h, V, B, T, repeats):
     import jax
     import jax.numpy as jnp
 
+    from seqgen_jax import sharding as shd
     from seqgen_jax.config import RunConfig
-    from seqgen_jax.train import init_train_state, make_optimizer, make_train_step
+    from seqgen_jax.train import idx_placer, init_train_state, make_optimizer, make_train_step, state_sharding
 
+    # As `seqgen train` runs: data parallel over every local device (on CPU, one per core).
+    mesh = shd.make_mesh("all")
     cfg = RunConfig().override(**{"model.embed": e, "model.hidden": h, "model.vocab_size": V})
     tx = make_optimizer(cfg, 10_000)
-    state = {"s": jax.device_put(init_train_state(cfg, tx))}
-    step = make_train_step(cfg, tx)
+    state = {"s": jax.device_put(init_train_state(cfg, tx), state_sharding(mesh))}
+    step = make_train_step(cfg, tx, mesh)
     rng = np.random.default_rng(0)
-    data = jnp.asarray(rng.integers(4, V, size=(B, T + 1)).astype(np.int32))
-    idx = jnp.arange(B, dtype=jnp.int32)
+    rows = rng.integers(4, V, size=(B + 1, T + 1)).astype(np.int32)
+    rows[-1] = 0  # the all-padding row that fills batches up to a multiple of the devices
+    data = shd.put(rows, shd.replicated(mesh))
+    n_dev = mesh.devices.size
+    idx = idx_placer(mesh)(np.concatenate([np.arange(B), np.full((-B) % n_dev, B)]).astype(np.int32))
 
     def run():
         state["s"], m = step(state["s"], data, idx)
@@ -77,20 +83,22 @@ def jax_epoch(strings, e, h, budget):
     from seqgen_jax import sharding as shd
     from seqgen_jax.config import RunConfig
     from seqgen_jax.data.vocab import Ragged, Vocab
-    from seqgen_jax.train import BucketedSplit, epoch_order, init_train_state, make_optimizer, make_train_step
+    from seqgen_jax.train import (BucketedSplit, idx_placer, epoch_order, init_train_state, make_optimizer,
+                                  make_train_step, state_sharding)
 
     vocab = Vocab.from_symbols("()")
     cfg = RunConfig().override(**{"model.embed": e, "model.hidden": h, "model.vocab_size": len(vocab)})
-    mesh = shd.make_mesh(1)
+    mesh = shd.make_mesh("all")
     tx = make_optimizer(cfg, 10_000)
-    state = jax.device_put(init_train_state(cfg, tx), shd.replicated(mesh))
-    step = make_train_step(cfg, tx)
+    state = jax.device_put(init_train_state(cfg, tx), state_sharding(mesh))
+    step = make_train_step(cfg, tx, mesh)
+    put = idx_placer(mesh)
     times = []
     for epoch in range(2):
         t = time.perf_counter()
         split = BucketedSplit.build(Ragged.from_strings(strings, vocab), budget, cfg.train.max_buckets, mesh)
         for b, idx in epoch_order(split.plan, 0, epoch):
-            state, m = step(state, split.data[b], shd.put(idx, shd.batch_sharded(mesh)))
+            state, m = step(state, split.data[b], put(split.device_idx(b, idx)))
         jax.block_until_ready(state["params"])
         times.append(time.perf_counter() - t)
     return split.n_tokens / times[1], times[0] - times[1], split

@@ -40,94 +40,100 @@ def _dot(x, w, dtype):
 def _gate_scale(H: int) -> jax.Array:
     """sigmoid(x) = 0.5 * tanh(x / 2) + 0.5: with the i, f, o pre-activations halved, one tanh over the
     whole (B, 4H) gate block replaces three sigmoids and a tanh on column slices, which XLA:CPU runs
-    several times slower (benchmarks/NOTES.md)."""
+    several times slower (benchmarks/NOTES.md). The halving is applied to the weights and the input
+    projection outside the loop, so autodiff carries it into their gradients."""
     return jnp.concatenate([jnp.full((2 * H,), 0.5), jnp.ones((H,)), jnp.full((H,), 0.5)])
 
 
-def _activate(t, H):
-    """tanh of the scaled gates -> (i, f, u, o)."""
-    a = 0.5 * t + 0.5
-    return a[:, :H], a[:, H : 2 * H], t[:, 2 * H : 3 * H], a[:, 3 * H :]
+# d gate / d scaled pre-activation, from the stored tanh t: 0.5 * (1 - t^2) for the sigmoid gates
+# (sigmoid = 0.5 * t + 0.5) and (1 - t^2) for the cell input.
+_GATE_DERIV = (0.5, 0.5, 1.0, 0.5)
 
 
 @functools.lru_cache(maxsize=None)
 def _recurrence(unroll: int, dtype):
-    """hs, c_T = recurrence(gx (T, B, 4H), w_hh (H, 4H), h0, c0), with a hand-written VJP.
+    """hs (T, B, H), c_T = recurrence(gx (T, B, 4H), w_s (H, 4H), h0, c0) with a hand-written VJP.
 
-    Scan's own transpose accumulates dW_hh with a (H, B) x (B, 4H) matmul inside every backward step;
-    here the backward loop only propagates dh through W_hh, stores the gate gradients, and the weight
-    gradient is one (H, T*B) x (T*B, 4H) matmul after the loop (benchmarks/NOTES.md)."""
+    gx and w_s are already gate-scaled (`_gate_scale`). Scan's own transpose accumulates dW_hh with an
+    (H, B) x (B, 4H) matmul inside every backward step; here the backward loop only propagates dh
+    through W_hh and stores the gate gradients, and the weight gradient is one (H, T*B) x (T*B, 4H)
+    matmul after the loop (benchmarks/NOTES.md)."""
 
-    def fwd_loop(gx, w_hh, h0, c0):
+    def fwd_loop(gx, w_s, h0, c0):
         H = h0.shape[-1]
-        scale = _gate_scale(H)
-        gx, w_s = gx * scale, w_hh * scale  # outside the loop
 
         def step(carry, g_t):
             h, c = carry
             t = jnp.tanh(g_t + _dot(h, w_s, dtype))  # (B, 4H)
-            i, f, u, o = _activate(t, H)
-            c = f * c + i * u
+            i, f, o = 0.5 * t[:, :H] + 0.5, 0.5 * t[:, H:2 * H] + 0.5, 0.5 * t[:, 3 * H:] + 0.5
+            c = f * c + i * t[:, 2 * H:3 * H]
             h = o * jnp.tanh(c)
             return (h, c), (h, c, t)
 
-        (h, c), (hs, cs, ts) = jax.lax.scan(step, (h0, c0), gx, unroll=max(1, min(unroll, gx.shape[0])))
+        _, (hs, cs, ts) = jax.lax.scan(step, (h0, c0), gx, unroll=max(1, min(unroll, gx.shape[0])))
         return hs, cs, ts
 
     @jax.custom_vjp
-    def recurrence(gx, w_hh, h0, c0):
-        hs, cs, _ = fwd_loop(gx, w_hh, h0, c0)
+    def recurrence(gx, w_s, h0, c0):
+        hs, cs, _ = fwd_loop(gx, w_s, h0, c0)
         return hs, cs[-1]
 
-    def rec_fwd(gx, w_hh, h0, c0):
-        hs, cs, ts = fwd_loop(gx, w_hh, h0, c0)
-        return (hs, cs[-1]), (w_hh, h0, c0, hs, cs, ts)
+    def rec_fwd(gx, w_s, h0, c0):
+        hs, cs, ts = fwd_loop(gx, w_s, h0, c0)
+        return (hs, cs[-1]), (w_s, h0, c0, hs, cs, ts)
 
     def rec_bwd(res, cot):
-        w_hh, h0, c0, hs, cs, ts = res
+        w_s, h0, c0, hs, cs, ts = res
         d_hs, d_cT = cot
         H = h0.shape[-1]
         c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # (T, B, H)
-        # Everything that does not depend on the carried gradients is computed for all T steps at once
-        # as large array ops; the loop keeps only the (B, H)-sized recurrence and one matmul.
-        a = 0.5 * ts + 0.5  # sigmoid gates from the stored tanh
-        i, f, u, o = a[..., :H], a[..., H : 2 * H], ts[..., 2 * H : 3 * H], a[..., 3 * H :]
-        tc = jnp.tanh(cs)
-        k_dc = o * (1.0 - tc * tc)  # dc += dh * k_dc
-        # d pre-activation = d activation * (1 - t^2) * (1/4 for sigmoid gates, 1 for the cell input)
-        deriv = (1.0 - ts * ts) * jnp.concatenate([jnp.full((2 * H,), 0.25), jnp.ones((H,)), jnp.full((H,), 0.25)])
-        coef = deriv * jnp.concatenate([u, c_prev, i, tc], axis=-1)  # dg = [dc, dc, dc, dh] * coef
-        w_hh_t = w_hh.T
+        w_t = w_s.T
+        q0, q1, q2, q3 = _GATE_DERIV
 
         def step(carry, xs):
             dh_next, dc_next = carry
-            dh_out, k, cf, ff = xs
+            dh_out, t, c, cp = xs
+            t0, t1, t2, t3 = t[:, :H], t[:, H:2 * H], t[:, 2 * H:3 * H], t[:, 3 * H:]
             dh = dh_out + dh_next
-            dc = dc_next + dh * k
-            dg = jnp.concatenate([dc, dc, dc, dh], axis=-1) * cf  # (B, 4H)
-            return (_dot(dg, w_hh_t, dtype), dc * ff), dg
+            tc = jnp.tanh(c)
+            dc = dc_next + dh * (0.5 * t3 + 0.5) * (1.0 - tc * tc)
+            # Each gate's gradient is finished before the concatenation: about 10% faster on this loop
+            # alone than concatenating first and multiplying after (benchmarks/NOTES.md, attempt 11).
+            dg = jnp.concatenate([dc * t2 * (1.0 - t0 * t0) * q0,
+                                  dc * cp * (1.0 - t1 * t1) * q1,
+                                  dc * (0.5 * t0 + 0.5) * (1.0 - t2 * t2) * q2,
+                                  dh * tc * (1.0 - t3 * t3) * q3], axis=-1)  # (B, 4H)
+            return (_dot(dg, w_t, dtype), dc * (0.5 * t1 + 0.5)), dg
 
-        (dh0, dc0), dgs = jax.lax.scan(step, (jnp.zeros_like(h0), d_cT), (d_hs, k_dc, coef, f), reverse=True,
+        (dh0, dc0), dgs = jax.lax.scan(step, (jnp.zeros_like(h0), d_cT), (d_hs, ts, cs, c_prev), reverse=True,
                                        unroll=max(1, min(unroll, hs.shape[0])))
         h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # (T, B, H)
         T, B = hs.shape[:2]
-        d_w_hh = _dot(h_prev.reshape(T * B, H).T, dgs.reshape(T * B, 4 * H), dtype)
-        return dgs, d_w_hh.astype(w_hh.dtype), dh0, dc0
+        d_w = _dot(h_prev.reshape(T * B, H).T, dgs.reshape(T * B, 4 * H), dtype)
+        return dgs, d_w.astype(w_s.dtype), dh0, dc0
 
     recurrence.defvjp(rec_fwd, rec_bwd)
     return recurrence
 
 
+def lstm_layer_tm(p: dict, gx: jax.Array, h0: jax.Array, c0: jax.Array, *, unroll: int = 1,
+                  dtype=jnp.float32):
+    """The recurrence of one layer, time-major: gx (T, B, 4H) = x @ w_ih + b, unscaled ->
+    hs (T, B, H), (h_T, c_T)."""
+    scale = _gate_scale(h0.shape[-1])
+    hs, cT = _recurrence(int(unroll), jnp.dtype(dtype))(gx * scale, p["w_hh"] * scale, h0, c0)
+    return hs, (hs[-1], cT)
+
+
 def lstm_layer(p: dict, xs: jax.Array, h0: jax.Array, c0: jax.Array, *, unroll: int = 1,
                dtype=jnp.float32):
-    """One LSTM layer over a sequence.
+    """One LSTM layer over a batch-major sequence: xs (B, T, D) -> ys (B, T, H), (h_T, c_T) each (B, H).
 
-    xs: (B, T, D) -> ys (B, T, H), (h_T, c_T) each (B, H). The input projection of all T steps is one
-    (B*T, D) x (D, 4H) matmul outside the loop; only h @ W_hh runs inside it."""
-    gx = _dot(xs, p["w_ih"], dtype) + p["b"]  # (B, T, 4H)
-    gx = jnp.swapaxes(gx, 0, 1)  # (T, B, 4H): the loop runs over the leading axis
-    hs, cT = _recurrence(int(unroll), jnp.dtype(dtype))(gx, p["w_hh"], h0, c0)
-    return jnp.swapaxes(hs, 0, 1), (hs[-1], cT)
+    The input projection of all T steps is one (B*T, D) x (D, 4H) matmul outside the loop; only
+    h @ W_hh runs inside it."""
+    gx = _dot(jnp.swapaxes(xs, 0, 1), p["w_ih"], dtype) + p["b"]  # (T, B, 4H)
+    hs, last = lstm_layer_tm(p, gx, h0, c0, unroll=unroll, dtype=dtype)
+    return jnp.swapaxes(hs, 0, 1), last
 
 
 def zero_state(cfg: ModelConfig, batch: int) -> LSTMState:
@@ -135,13 +141,30 @@ def zero_state(cfg: ModelConfig, batch: int) -> LSTMState:
     return LSTMState(z, z)
 
 
-def _embed(table, tokens):
-    """A one-hot matmul for small vocabularies: its gradient is a matmul too, where a gather's is a
-    scatter-add, which is slow on CPU."""
-    V = table.shape[0]
-    if V <= 512:
-        return jnp.dot(jax.nn.one_hot(tokens, V, dtype=table.dtype), table)
+@jax.custom_vjp
+def _lookup(table, tokens):
+    """table[tokens] whose gradient is a one-hot matmul: the gather's own gradient is a scatter-add,
+    which is slow on CPU (benchmarks/NOTES.md)."""
     return jnp.take(table, tokens, axis=0)
+
+
+def _lookup_fwd(table, tokens):
+    return jnp.take(table, tokens, axis=0), (tokens, jnp.zeros((table.shape[0], 0), table.dtype))
+
+
+def _lookup_bwd(res, g):
+    tokens, like = res
+    V, D = like.shape[0], g.shape[-1]
+    onehot = jax.nn.one_hot(tokens.reshape(-1), V, dtype=g.dtype)  # (N, V)
+    return jnp.dot(onehot.T, g.reshape(-1, D)), None
+
+
+_lookup.defvjp(_lookup_fwd, _lookup_bwd)
+
+
+def _embed(table, tokens):
+    # Large vocabularies keep the gather and its scatter-add: a (N, V) one-hot would not pay.
+    return _lookup(table, tokens) if table.shape[0] <= 512 else jnp.take(table, tokens, axis=0)
 
 
 def _dropout(x, rate, key):
@@ -149,19 +172,25 @@ def _dropout(x, rate, key):
     return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
-def apply(params: Params, tokens: jax.Array, state: LSTMState | None = None, *, cfg: ModelConfig,
-          dropout_key: jax.Array | None = None):
-    """tokens (B, T) int -> logits (B, T, V) float32, final LSTMState.
+def apply_tm(params: Params, tokens: jax.Array, state: LSTMState | None = None, *, cfg: ModelConfig,
+             dropout_key: jax.Array | None = None):
+    """The model, time-major: tokens (T, B) int -> logits (T, B, V) float32, final LSTMState.
 
+    Time-major end to end, so no (B, T, ...) <-> (T, B, ...) transposes of activations happen around
+    the loops. Without dropout on the embedding, the first layer's input projection is folded into
+    the embedding: gx = (E @ W_ih + b)[tokens], a (V, 4H) table instead of a (T*B, E) x (E, 4H)
+    matmul (and its two gradient matmuls), whenever V <= T*B.
     Dropout (when `dropout_key` is given and cfg.dropout > 0) drops the non-recurrent connections:
     the embedding output, between layers, and before the output layer (Zaremba et al., 2014)."""
     dtype = jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
-    B = tokens.shape[0]
+    T, B = tokens.shape
     if state is None:
         state = zero_state(cfg, B)
-    x = _embed(params["embed"], tokens)  # (B, T, E)
     drop = dropout_key is not None and cfg.dropout > 0
     keys = jax.random.split(dropout_key, cfg.layers + 1) if drop else [None] * (cfg.layers + 1)
+    V = params["embed"].shape[0]
+    fold = not drop and cfg.backend != "cudnn" and V <= T * B
+    x = None if fold else _embed(params["embed"], tokens)  # (T, B, E)
     hs, cs = [], []
     for l, p in enumerate(params["layers"]):
         if drop:
@@ -169,27 +198,42 @@ def apply(params: Params, tokens: jax.Array, state: LSTMState | None = None, *, 
         if cfg.backend == "cudnn":
             from .cudnn import lstm_layer_cudnn
 
-            x, (h, c) = lstm_layer_cudnn(p, x, state.h[l], state.c[l])
+            y, (h, c) = lstm_layer_cudnn(p, jnp.swapaxes(x, 0, 1), state.h[l], state.c[l])
+            x = jnp.swapaxes(y, 0, 1)
         else:
-            x, (h, c) = lstm_layer(p, x, state.h[l], state.c[l], unroll=default_unroll(cfg), dtype=dtype)
+            if l == 0 and fold:
+                gx = _embed(_dot(params["embed"], p["w_ih"], dtype) + p["b"], tokens)  # (T, B, 4H)
+            else:
+                gx = _dot(x, p["w_ih"], dtype) + p["b"]  # (T, B, 4H)
+            x, (h, c) = lstm_layer_tm(p, gx, state.h[l], state.c[l], unroll=default_unroll(cfg), dtype=dtype)
         hs.append(h)
         cs.append(c)
     if drop:
         x = _dropout(x, cfg.dropout, keys[-1])
-    logits = _dot(x, params["out"]["w"], dtype) + params["out"]["b"]  # (B, T, V)
+    logits = _dot(x, params["out"]["w"], dtype) + params["out"]["b"]  # (T, B, V)
     return logits, LSTMState(jnp.stack(hs), jnp.stack(cs))
+
+
+def apply(params: Params, tokens: jax.Array, state: LSTMState | None = None, *, cfg: ModelConfig,
+          dropout_key: jax.Array | None = None):
+    """tokens (B, T) int -> logits (B, T, V) float32, final LSTMState (see `apply_tm`)."""
+    logits, state = apply_tm(params, tokens.T, state, cfg=cfg, dropout_key=dropout_key)
+    return jnp.swapaxes(logits, 0, 1), state
 
 
 def token_logprobs(params: Params, rows: jax.Array, *, cfg: ModelConfig, dropout_key=None):
     """rows (B, T+1) = [.start, symbols..., .end, pad...] -> log p(target) (B, T), logits (B, T, V).
 
-    Positions whose target is padding (id 0) hold 0."""
-    inputs, targets = rows[:, :-1], rows[:, 1:]
-    logits, _ = apply(params, inputs, None, cfg=cfg, dropout_key=dropout_key)
+    Positions whose target is padding (id 0) hold 0. Callers that drop the logits pay nothing for
+    them: the batch-major transpose is dead code to XLA."""
+    tok = rows.T  # (T+1, B): transposing the ids is cheap, the activations then never are
+    inputs, targets = tok[:-1], tok[1:]
+    logits, _ = apply_tm(params, inputs, None, cfg=cfg, dropout_key=dropout_key)  # (T, B, V)
     logp = jax.nn.log_softmax(logits, axis=-1)
     # A one-hot product instead of take_along_axis: its gradient avoids a scatter.
     lp = jnp.sum(logp * jax.nn.one_hot(targets, logits.shape[-1], dtype=logp.dtype), axis=-1)
-    return jnp.where(targets != 0, lp, 0.0), logits
+    lp = jnp.where(targets != 0, lp, 0.0).T  # (B, T)
+    return lp, jnp.swapaxes(logits, 0, 1)
 
 
 # ---------------------------------------------------------------- Flax NNX modules (parameter owners)

@@ -1,5 +1,6 @@
 """Data parallelism over a 1-D device mesh: batches are sharded on their leading axis, parameters and
-optimiser state replicated. The jitted step is the same function; XLA inserts the all-reduce.
+optimiser state replicated, and XLA inserts the gradient all-reduce. On CPU the mesh's devices are
+the cores (`_devices.py`) and the host drives the data parallelism instead (train.HostParallelStep).
 
 Multi-host: `maybe_initialize_distributed` starts JAX's own runtime (SLURM or explicit coordinator
 flags); every process computes the same epoch order, and `make_array_from_callback` lets each one

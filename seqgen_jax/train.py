@@ -19,6 +19,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from . import sharding as shd
@@ -79,41 +80,148 @@ def masked_nll(params, rows, cfg, dropout_key=None):
 _global_norm = optax.tree.norm if hasattr(optax, "tree") and hasattr(optax.tree, "norm") else optax.global_norm
 
 
-def make_train_step(cfg: RunConfig, tx: optax.GradientTransformation):
+def _local_grads(cfg: RunConfig):
+    """(params, rows, key) -> (sum of -log p, real tokens, gradient of the sum) for one device's rows."""
+
+    def fn(params, rows, key):
+        (nll, n), grads = jax.value_and_grad(lambda p: masked_nll(p, rows, cfg, key), has_aux=True)(params)
+        return nll, n, grads
+
+    return fn
+
+
+def _apply_grads(tx, state, nll, n, grads):
+    """Mean gradient -> clip + Adam, and the epoch statistics accumulated on the device."""
+    grads = jax.tree.map(lambda g: g / jnp.maximum(n, 1.0), grads)  # of the mean over real tokens
+    loss = nll / jnp.maximum(n, 1.0)
+    gn = _global_norm(grads)  # before clipping, as the course plots it
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    a = state["acc"]
+    acc = {"nll": a["nll"] + nll, "tokens": a["tokens"] + n, "gn_sum": a["gn_sum"] + gn,
+           "gn_sq": a["gn_sq"] + gn * gn, "gn_max": jnp.maximum(a["gn_max"], gn), "steps": a["steps"] + 1}
+    new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "acc": acc}
+    return new, {"loss": loss, "grad_norm": gn}
+
+
+def _dropout_key(cfg: RunConfig, step):
+    return jax.random.fold_in(jax.random.key(cfg.train.seed), step) if cfg.model.dropout > 0 else None
+
+
+def host_parallel(mesh) -> bool:
+    """CPU meshes of several devices (one per core, `_devices.py`) run data parallel from the host.
+
+    In-graph collectives between XLA:CPU devices share one small thread pool, and a psum in the step
+    deadlocked there (rendezvous timeout) in an epoch of mixed bucket shapes; the host path has no
+    collectives at all (benchmarks/NOTES.md)."""
+    return (mesh.devices.size > 1 and jax.process_count() == 1
+            and all(d.platform == "cpu" for d in mesh.devices.flat))
+
+
+def state_sharding(mesh):
+    """Where the train state lives: replicated over the mesh, or on the first CPU device when the
+    host drives data parallelism."""
+    if host_parallel(mesh):
+        return jax.sharding.SingleDeviceSharding(mesh.devices.flat[0])
+    return shd.replicated(mesh)
+
+
+class HostParallelStep:
+    """Data parallelism over XLA:CPU devices without collectives.
+
+    Per step: the parameters go to every device as one flat vector, each device computes the
+    gradient sums of its share of the rows (its own copy of the bucket matrix, its slice of `idx`)
+    as one flat vector, those come back to the first device, and one jitted update sums and applies
+    them. Everything is dispatched asynchronously; nothing waits on the host, and flat vectors keep
+    the host's work to a few transfers per step.
+
+    Why not the usual SPMD step with an all-reduce: in-graph collectives between XLA:CPU devices
+    share one small thread pool, and a psum in the step deadlocked there (rendezvous timeout) in an
+    epoch of mixed bucket shapes. A collective-free SPMD program (`shard_map` without the psum)
+    compiles once for all devices but blocked the host at every dispatch, and ran an epoch at
+    1.6 M tokens/s against 2.0 M for this per-device dispatch, which compiles each bucket once per
+    device (benchmarks/NOTES.md)."""
+
+    def __init__(self, cfg: RunConfig, tx, mesh):
+        from jax.flatten_util import ravel_pytree
+
+        self.devices = list(mesh.devices.flat)
+        self.cfg = cfg
+        self._unravel = None
+        self._flat, self._flat_of = None, None
+        local = _local_grads(cfg)
+
+        def grads(flat, data, idx, key):  # [nll, n, gradient...] of this device's rows
+            nll, n, g = local(self._unravel(flat), jnp.take(data, idx, axis=0), key)
+            return jnp.concatenate([jnp.stack([nll, n]), ravel_pytree(g)[0]])
+
+        def update(state, outs):
+            tot = sum(outs)
+            new, metrics = _apply_grads(tx, state, tot[0], tot[1], self._unravel(tot[2:]))
+            return new, metrics, ravel_pytree(new["params"])[0]
+
+        self.grads = jax.jit(grads)
+        self.ravel = jax.jit(lambda params: ravel_pytree(params)[0])
+        self.update = jax.jit(update, donate_argnums=(0,))
+        self._ravel_pytree = ravel_pytree
+
+    def __call__(self, state, data, idx):
+        params = state["params"]
+        if self._unravel is None:
+            self._unravel = self._ravel_pytree(params)[1]
+        if self._flat_of is not jax.tree.leaves(params)[0]:  # a state this step did not produce
+            self._flat = self.ravel(params)
+        parts = np.split(np.asarray(idx), len(self.devices))  # idx: a multiple of the devices (device_idx)
+        shards = {s.device: s.data for s in data.addressable_shards}
+        key = _dropout_key(self.cfg, state["step"])
+        first, outs = self.devices[0], []
+        for d, (dev, part) in enumerate(zip(self.devices, parts)):
+            flat = self._flat if d == 0 else jax.device_put(self._flat, dev)
+            k = None if key is None else jax.device_put(jax.random.fold_in(key, d), dev)
+            out = self.grads(flat, shards[dev], jax.device_put(part, dev), k)
+            outs.append(out if d == 0 else jax.device_put(out, first))
+        new, metrics, self._flat = self.update(state, outs)
+        self._flat_of = jax.tree.leaves(new["params"])[0]
+        return new, metrics
+
+    def compilations(self) -> int:
+        """Compiled bucket shapes (each once per device)."""
+        return self.grads._cache_size() // len(self.devices)
+
+
+def make_train_step(cfg: RunConfig, tx: optax.GradientTransformation, mesh=None):
     """step(state, data (N+1, L+1) int32, idx (B,) int32) -> (state, {"loss", "grad_norm"}).
 
-    One compilation per bucket shape; state buffers are donated."""
-    use_dropout = cfg.model.dropout > 0
+    One compilation per bucket shape; state buffers are donated. On several devices `idx` is a
+    multiple of the device count (`BucketedSplit.device_idx`): a host array on CPU meshes
+    (`HostParallelStep`), else sharded over the mesh, where XLA inserts the gradient all-reduce."""
+    mesh = mesh if mesh is not None else shd.make_mesh(1)
+    if host_parallel(mesh):
+        return HostParallelStep(cfg, tx, mesh)
+    local = _local_grads(cfg)
 
     def step(state, data, idx):
-        rows = jnp.take(data, idx, axis=0)  # (B, L+1) gathered on the device
-        key = jax.random.fold_in(jax.random.key(cfg.train.seed), state["step"]) if use_dropout else None
-
-        def loss_fn(params):
-            nll, n = masked_nll(params, rows, cfg, key)
-            return nll / jnp.maximum(n, 1.0), (nll, n)
-
-        (loss, (nll, n)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        gn = _global_norm(grads)  # before clipping, as the course plots it
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        a = state["acc"]
-        acc = {"nll": a["nll"] + nll, "tokens": a["tokens"] + n, "gn_sum": a["gn_sum"] + gn,
-               "gn_sq": a["gn_sq"] + gn * gn, "gn_max": jnp.maximum(a["gn_max"], gn), "steps": a["steps"] + 1}
-        new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "acc": acc}
-        return new, {"loss": loss, "grad_norm": gn}
+        nll, n, grads = local(state["params"], jnp.take(data, idx, axis=0), _dropout_key(cfg, state["step"]))
+        return _apply_grads(tx, state, nll, n, grads)
 
     return jax.jit(step, donate_argnums=(0,))
 
 
-def make_eval_step(cfg: RunConfig):
+def make_eval_step(cfg: RunConfig, mesh=None):
     """(params, data, idx) -> (sum nll, n tokens) without dropout."""
+    mesh = mesh if mesh is not None else shd.make_mesh(1)
+    ev = jax.jit(lambda params, data, idx: masked_nll(params, jnp.take(data, idx, axis=0), cfg))
+    if not host_parallel(mesh):
+        return ev
+    devices = list(mesh.devices.flat)
 
-    def ev(params, data, idx):
-        rows = jnp.take(data, idx, axis=0)
-        return masked_nll(params, rows, cfg)
+    def run(params, data, idx):
+        shards = {s.device: s.data for s in data.addressable_shards}
+        outs = [ev(jax.device_put(params, dev), shards[dev], jax.device_put(part, dev))
+                for dev, part in zip(devices, np.split(np.asarray(idx), len(devices)))]
+        return tuple(sum(jax.device_put(o[i], devices[0]) for o in outs) for i in range(2))
 
-    return jax.jit(ev)
+    return run
 
 
 # ---------------------------------------------------------------- device-resident buckets
@@ -122,27 +230,44 @@ class BucketedSplit:
     plan: BucketPlan
     data: list  # per bucket: device array (n_b + 1, L + 1) int32, last row all padding
     n_tokens: int
+    n_devices: int = 1
 
     @classmethod
     def build(cls, seqs: Ragged, max_tokens: int, max_buckets: int, mesh, chunk=None, cap_batch=True):
+        """The plan does not depend on the device count, so a run's batches are the same on any
+        machine; `device_idx` fills each batch up to a multiple of the devices with padding rows."""
         rows = make_rows(seqs, chunk)
-        n_dev = mesh.devices.size
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            plan = plan_buckets(rows.lengths - 1, max_tokens, max_buckets, multiple=n_dev, cap_batch=cap_batch)
+            plan = plan_buckets(rows.lengths - 1, max_tokens, max_buckets, cap_batch=cap_batch)
         for w in caught[:1]:
             print(f"warning: {w.message}", file=sys.stderr)
         rep = shd.replicated(mesh)
         data = [shd.put(pad_rows(rows, plan.members(b), bk.length + 1), rep) for b, bk in enumerate(plan.buckets)]
-        return cls(plan, data, int((rows.lengths - 1).sum()))
+        return cls(plan, data, int((rows.lengths - 1).sum()), int(mesh.devices.size))
+
+    def device_idx(self, b: int, idx: np.ndarray) -> np.ndarray:
+        """Row positions of one batch, filled up with the all-padding row (position n_b) to a multiple
+        of the device count: padding rows add nothing to the loss or the gradient."""
+        fill = (-len(idx)) % self.n_devices
+        if fill == 0:
+            return idx
+        return np.concatenate([idx, np.full(fill, self.data[b].shape[0] - 1, idx.dtype)])
+
+
+def idx_placer(mesh):
+    if host_parallel(mesh):
+        return lambda idx: idx  # HostParallelStep splits and places it
+    bs = shd.batch_sharded(mesh)
+    return lambda idx: shd.put(idx, bs)
 
 
 def evaluate_ce(eval_step, params, split: BucketedSplit, mesh) -> tuple[float, float]:
     """(cross-entropy in bits per token, number of tokens) over a whole split."""
-    bs = shd.batch_sharded(mesh)
-    tot = jnp.zeros(()), jnp.zeros(())
+    put = idx_placer(mesh)
+    tot = 0.0, 0.0
     for b, idx in fixed_order(split.plan):
-        nll, n = eval_step(params, split.data[b], shd.put(idx, bs))
+        nll, n = eval_step(params, split.data[b], put(split.device_idx(b, idx)))
         tot = (tot[0] + nll, tot[1] + n)
     nll, n = float(tot[0]), float(tot[1])
     return nll / max(n, 1.0) / LN2, n
@@ -250,7 +375,7 @@ def train(cfg: RunConfig, run_dir, *, resume: bool = False, log: Callable[[str],
     total_steps = steps_per_epoch * cfg.train.epochs
     tx = make_optimizer(cfg, total_steps)
     schedule = make_schedule(cfg, total_steps)
-    rep, bsh = shd.replicated(mesh), shd.batch_sharded(mesh)
+    rep, put_idx = state_sharding(mesh), idx_placer(mesh)
     state = jax.device_put(init_train_state(cfg, tx), rep)
     log(f"{ds.spec}: {len(ds.train):,} train / {len(ds.val):,} val sequences, vocab {len(ds.vocab)}; "
         f"model {cfg.model.embed}/{cfg.model.hidden}x{cfg.model.layers} ({count_params(state['params']):,} params) "
@@ -282,8 +407,8 @@ def train(cfg: RunConfig, run_dir, *, resume: bool = False, log: Callable[[str],
     from .evaluate import EpochEvaluator
 
     evaluator = EpochEvaluator(cfg, ds, run.path if primary else None)
-    step_fn = make_train_step(cfg, tx)
-    eval_fn = make_eval_step(cfg)
+    step_fn = make_train_step(cfg, tx, mesh)
+    eval_fn = make_eval_step(cfg, mesh)
     deadline = t_start + cfg.train.max_time if cfg.train.max_time else math.inf
     last = {}
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -296,7 +421,7 @@ def train(cfg: RunConfig, run_dir, *, resume: bool = False, log: Callable[[str],
         for bi in range(start_batch if epoch == start_epoch else 0, len(order)):
             b, idx = order[bi]
             gstep = epoch * steps_per_epoch + bi + 1
-            state, m = step_fn(state, train_split.data[b], shd.put(idx, bsh))
+            state, m = step_fn(state, train_split.data[b], put_idx(train_split.device_idx(b, idx)))
             tokens_since += len(idx) * plan.buckets[b].length
             if pending is not None and primary:  # one step late: the previous step is done or nearly
                 _flush_step_record(run, pending, schedule)

@@ -13,7 +13,8 @@ SCRIPT = textwrap.dedent(r'''
     from seqgen_jax import sharding as shd
     from seqgen_jax.config import RunConfig
     from seqgen_jax.data import build_dataset
-    from seqgen_jax.train import BucketedSplit, epoch_order, init_train_state, make_optimizer, make_train_step, train
+    from seqgen_jax.train import (BucketedSplit, HostParallelStep, epoch_order, idx_placer, init_train_state,
+                                  make_optimizer, make_train_step, state_sharding, train)
     from seqgen_jax.cli_run import _restore
     assert jax.device_count() == 4, jax.devices()
     cfg = RunConfig().override(**{"data.name": "brackets", "data.n_train": 800, "data.n_val": 100,
@@ -24,16 +25,21 @@ SCRIPT = textwrap.dedent(r'''
     params = {}
     for n in (1, 4):
         mesh = shd.make_mesh(n)
-        # The same global batches for both: batch sizes are multiples of 4 in both plans.
-        split = BucketedSplit.build(ds.train, cfg.train.max_tokens, 3, shd.make_mesh(4))
-        split.data = [jax.device_put(d, shd.replicated(mesh)) for d in split.data]
+        # The plan does not depend on the mesh: the same batches, filled up with padding rows to a
+        # multiple of the devices.
+        split = BucketedSplit.build(ds.train, cfg.train.max_tokens, 3, mesh)
         tx = make_optimizer(cfg, 100)
-        state = jax.device_put(init_train_state(cfg, tx), shd.replicated(mesh))
-        step = make_train_step(cfg, tx)
+        state = jax.device_put(init_train_state(cfg, tx), state_sharding(mesh))
+        step = make_train_step(cfg, tx, mesh)
+        out[f"host_parallel_{n}"] = isinstance(step, HostParallelStep)
+        put = idx_placer(mesh)
         for b, idx in epoch_order(split.plan, 0, 0)[:12]:
-            state, m = step(state, split.data[b], shd.put(idx, shd.batch_sharded(mesh)))
+            state, m = step(state, split.data[b], put(split.device_idx(b, idx)))
         params[n] = jax.tree.map(np.asarray, state["params"])
-        out[f"shards_{n}"] = len(m["loss"].sharding.device_set) if hasattr(m["loss"], "sharding") else 1
+        out[f"odd_batches_{n}"] = sum(len(idx) % 4 != 0 for _, idx in epoch_order(split.plan, 0, 0))
+        if n == 4:
+            out["compilations"] = step.compilations()
+            out["buckets"] = len(split.plan.buckets)
     diffs = [float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(params[1]), jax.tree.leaves(params[4]))]
     out["max_param_diff"] = max(diffs)
     # End to end on 4 devices, then restore on 1 device (another device count).
@@ -54,9 +60,47 @@ def test_four_devices_equal_one_and_checkpoints_move(tmp_path):
     assert line, p.stderr[-3000:]
     out = json.loads(line[0][7:])
     assert out["max_param_diff"] < 1e-5
+    assert out["host_parallel_4"] and not out["host_parallel_1"]
+    assert out["odd_batches_4"] > 0  # some batches needed padding rows to spread over 4 devices
+    assert out["compilations"] <= out["buckets"]
     assert out["restored_step"] > 0 and out["restored_devices"] >= 1
     run = tmp_path / "run"
     metrics = (run / "metrics.jsonl").read_text().splitlines()
     epochs = [json.loads(l) for l in metrics if '"epoch"' in l]
     assert [e["epoch"] for e in epochs] == [1, 2]  # written once, not once per device
     assert len(list((run / "checkpoints").iterdir())) >= 1
+
+
+def test_cpu_device_flags(monkeypatch):
+    """One XLA:CPU device per core unless told otherwise; a user's own device-count flag wins."""
+    from seqgen_jax import _devices
+
+    monkeypatch.delenv("SEQGEN_CPU_DEVICES", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+    monkeypatch.setattr(_devices, "default_count", lambda: 2)
+    _devices.configure_host_devices()
+    flags = os.environ["XLA_FLAGS"].split()
+    assert flags == ["--xla_dump_to=/tmp/x", "--xla_force_host_platform_device_count=2",
+                     "--xla_cpu_multi_thread_eigen=false"]
+    _devices.configure_host_devices()  # idempotent: the count is already set
+    assert os.environ["XLA_FLAGS"].split() == flags
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setenv("SEQGEN_CPU_DEVICES", "1")
+    _devices.configure_host_devices()
+    assert os.environ["XLA_FLAGS"] == ""
+    monkeypatch.setenv("SEQGEN_CPU_DEVICES", "3")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
+    _devices.configure_host_devices()
+    assert os.environ["XLA_FLAGS"].split() == ["--xla_cpu_multi_thread_eigen=true",
+                                               "--xla_force_host_platform_device_count=3"]
+
+
+def test_device_idx_fills_batches_with_the_padding_row():
+    import numpy as np
+
+    from seqgen_jax.train import BucketedSplit
+
+    split = BucketedSplit(plan=None, data=[np.zeros((8, 5), np.int32)], n_tokens=0, n_devices=4)
+    out = split.device_idx(0, np.array([3, 1, 4, 0, 2], np.int32))
+    assert out.tolist() == [3, 1, 4, 0, 2, 7, 7, 7]  # row 7 is the all-padding row
+    assert split.device_idx(0, np.arange(4, dtype=np.int32)).tolist() == [0, 1, 2, 3]
