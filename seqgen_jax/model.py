@@ -141,22 +141,20 @@ def zero_state(cfg: ModelConfig, batch: int) -> LSTMState:
     return LSTMState(z, z)
 
 
-@jax.custom_vjp
-def _lookup(table, tokens):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _lookup(table, tokens, V: int):
     """table[tokens] whose gradient is a one-hot matmul: the gather's own gradient is a scatter-add,
     which is slow on CPU (benchmarks/NOTES.md)."""
     return jnp.take(table, tokens, axis=0)
 
 
-def _lookup_fwd(table, tokens):
-    return jnp.take(table, tokens, axis=0), (tokens, jnp.zeros((table.shape[0], 0), table.dtype))
+def _lookup_fwd(table, tokens, V):
+    return jnp.take(table, tokens, axis=0), tokens
 
 
-def _lookup_bwd(res, g):
-    tokens, like = res
-    V, D = like.shape[0], g.shape[-1]
+def _lookup_bwd(V, tokens, g):
     onehot = jax.nn.one_hot(tokens.reshape(-1), V, dtype=g.dtype)  # (N, V)
-    return jnp.dot(onehot.T, g.reshape(-1, D)), None
+    return jnp.dot(onehot.T, g.reshape(-1, g.shape[-1])), None
 
 
 _lookup.defvjp(_lookup_fwd, _lookup_bwd)
@@ -164,7 +162,8 @@ _lookup.defvjp(_lookup_fwd, _lookup_bwd)
 
 def _embed(table, tokens):
     # Large vocabularies keep the gather and its scatter-add: a (N, V) one-hot would not pay.
-    return _lookup(table, tokens) if table.shape[0] <= 512 else jnp.take(table, tokens, axis=0)
+    V = table.shape[0]
+    return _lookup(table, tokens, V) if V <= 512 else jnp.take(table, tokens, axis=0)
 
 
 def _dropout(x, rate, key):

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 from . import sharding as shd
 from .buckets import BucketPlan, epoch_order, fixed_order, make_rows, pad_rows, plan_buckets
@@ -126,6 +127,14 @@ def state_sharding(mesh):
     return shd.replicated(mesh)
 
 
+def _device_shares(devices, data, idx):
+    """[(device, its copy of the replicated bucket matrix, its slice of idx on it)]: idx is a host
+    array whose length is a multiple of the devices (`BucketedSplit.device_idx`)."""
+    shards = {s.device: s.data for s in data.addressable_shards}
+    parts = np.split(np.asarray(idx), len(devices))
+    return [(dev, shards[dev], jax.device_put(part, dev)) for dev, part in zip(devices, parts)]
+
+
 class HostParallelStep:
     """Data parallelism over XLA:CPU devices without collectives.
 
@@ -143,8 +152,6 @@ class HostParallelStep:
     device (benchmarks/NOTES.md)."""
 
     def __init__(self, cfg: RunConfig, tx, mesh):
-        from jax.flatten_util import ravel_pytree
-
         self.devices = list(mesh.devices.flat)
         self.cfg = cfg
         self._unravel = None
@@ -163,24 +170,19 @@ class HostParallelStep:
         self.grads = jax.jit(grads)
         self.ravel = jax.jit(lambda params: ravel_pytree(params)[0])
         self.update = jax.jit(update, donate_argnums=(0,))
-        self._ravel_pytree = ravel_pytree
 
     def __call__(self, state, data, idx):
         params = state["params"]
         if self._unravel is None:
-            self._unravel = self._ravel_pytree(params)[1]
+            self._unravel = ravel_pytree(params)[1]
         if self._flat_of is not jax.tree.leaves(params)[0]:  # a state this step did not produce
             self._flat = self.ravel(params)
-        parts = np.split(np.asarray(idx), len(self.devices))  # idx: a multiple of the devices (device_idx)
-        shards = {s.device: s.data for s in data.addressable_shards}
         key = _dropout_key(self.cfg, state["step"])
-        first, outs = self.devices[0], []
-        for d, (dev, part) in enumerate(zip(self.devices, parts)):
-            flat = self._flat if d == 0 else jax.device_put(self._flat, dev)
+        outs = []
+        for d, (dev, rows, part) in enumerate(_device_shares(self.devices, data, idx)):
             k = None if key is None else jax.device_put(jax.random.fold_in(key, d), dev)
-            out = self.grads(flat, shards[dev], jax.device_put(part, dev), k)
-            outs.append(out if d == 0 else jax.device_put(out, first))
-        new, metrics, self._flat = self.update(state, outs)
+            outs.append(self.grads(jax.device_put(self._flat, dev), rows, part, k))
+        new, metrics, self._flat = self.update(state, [jax.device_put(o, self.devices[0]) for o in outs])
         self._flat_of = jax.tree.leaves(new["params"])[0]
         return new, metrics
 
@@ -216,9 +218,7 @@ def make_eval_step(cfg: RunConfig, mesh=None):
     devices = list(mesh.devices.flat)
 
     def run(params, data, idx):
-        shards = {s.device: s.data for s in data.addressable_shards}
-        outs = [ev(jax.device_put(params, dev), shards[dev], jax.device_put(part, dev))
-                for dev, part in zip(devices, np.split(np.asarray(idx), len(devices)))]
+        outs = [ev(jax.device_put(params, dev), rows, part) for dev, rows, part in _device_shares(devices, data, idx)]
         return tuple(sum(jax.device_put(o[i], devices[0]) for o in outs) for i in range(2))
 
     return run
