@@ -2,8 +2,10 @@
 
 Embedding -> nn.LSTM (cuDNN on GPU, oneDNN on CPU) -> Linear, Adam with clip_grad_norm_(5), in two
 variants: `course` pads each batch on the host every step, calls `.item()` every step and samples by
-re-running the whole prefix; `careful` keeps pre-padded batches on the device, syncs only when asked
-and samples with a carried state. Needs the optional extra: `pip install -e '.[torch]'`."""
+re-running the whole prefix; `careful` is what a careful PyTorch user writes: pre-padded batches on the
+device, time-major input (nn.LSTM's native layout), fused Adam, `cudnn.benchmark` on GPU, optional
+bf16 autocast, syncs only when asked, and samples with a carried state.
+Needs the optional extra: `pip install -e '.[torch]'`."""
 from __future__ import annotations
 
 import time
@@ -14,10 +16,10 @@ from torch import nn
 
 
 class CourseLSTM(nn.Module):
-    def __init__(self, vocab: int, embed: int, hidden: int, layers: int = 1):
+    def __init__(self, vocab: int, embed: int, hidden: int, layers: int = 1, batch_first: bool = True):
         super().__init__()
         self.embed = nn.Embedding(vocab, embed)
-        self.lstm = nn.LSTM(embed, hidden, num_layers=layers, batch_first=True)
+        self.lstm = nn.LSTM(embed, hidden, num_layers=layers, batch_first=batch_first)
         self.out = nn.Linear(hidden, vocab)
 
     def forward(self, x, state=None):
@@ -26,10 +28,12 @@ class CourseLSTM(nn.Module):
 
 
 def set_precision(mode: str) -> None:
-    """tf32: PyTorch's cuDNN default for RNNs; fp32: strict IEEE float32 everywhere."""
-    tf32 = mode == "tf32"
+    """tf32: PyTorch's cuDNN default for RNNs (also used under bf16 autocast for what stays fp32);
+    fp32: strict IEEE float32 everywhere."""
+    tf32 = mode in ("tf32", "bf16")
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = True  # a careful user's setting: cuDNN picks its fastest algorithm
 
 
 def sync(device) -> None:
@@ -37,19 +41,37 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def _fused_adam(params, lr):
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # a build without the fused kernel for this device
+        return torch.optim.Adam(params, lr=lr)
+
+
 class Trainer:
-    def __init__(self, vocab, embed, hidden, device, lr=1e-3, clip=5.0, seed=0):
+    """`careful=True`: time-major model, fused Adam, `bf16` autocast if asked; `careful=False`: the
+    course's batch-first model and plain Adam (`step_course`)."""
+
+    def __init__(self, vocab, embed, hidden, device, lr=1e-3, clip=5.0, seed=0, careful=True, bf16=False):
         torch.manual_seed(seed)
         self.device = torch.device(device)
-        self.model = CourseLSTM(vocab, embed, hidden).to(self.device)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self.careful = careful
+        self.model = CourseLSTM(vocab, embed, hidden, batch_first=not careful).to(self.device)
+        self.opt = _fused_adam(self.model.parameters(), lr) if careful else torch.optim.Adam(self.model.parameters(), lr=lr)
         self.clip = clip
+        self.bf16 = bf16
         self.loss_fn = nn.CrossEntropyLoss(ignore_index=0)
 
     def _step(self, rows: torch.Tensor):
-        inp, tgt = rows[:, :-1], rows[:, 1:]
-        logits, _ = self.model(inp)
-        loss = self.loss_fn(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
+        """rows (B, T+1), batch-major as stored; the careful model reads them time-major."""
+        if self.careful:
+            tm = rows.t()
+            inp, tgt = tm[:-1], tm[1:]
+        else:
+            inp, tgt = rows[:, :-1], rows[:, 1:]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits, _ = self.model(inp)
+            loss = self.loss_fn(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
@@ -69,6 +91,15 @@ class Trainer:
 
     @torch.no_grad()
     def sample_carried(self, n: int, length: int, temperature: float = 1.0):
+        if self.careful:  # time-major: one step is (1, n)
+            x = torch.full((1, n), 1, dtype=torch.long, device=self.device)
+            state, out = None, []
+            for _ in range(length):
+                logits, state = self.model(x, state)
+                p = torch.softmax(logits[-1] / temperature, dim=-1)
+                x = torch.multinomial(p, 1).t()
+                out.append(x)
+            return torch.cat(out, 0).t()
         x = torch.full((n, 1), 1, dtype=torch.long, device=self.device)
         state, out = None, []
         for _ in range(length):
@@ -80,23 +111,10 @@ class Trainer:
 
     @torch.no_grad()
     def sample_prefix_rerun(self, n: int, length: int, temperature: float = 1.0):
+        assert not self.careful, "the course's re-run sampler uses the course's batch-first model"
         seq = torch.full((n, 1), 1, dtype=torch.long, device=self.device)
         for _ in range(length):
             logits, _ = self.model(seq)  # the whole prefix again, as the course's sampler
             p = torch.softmax(logits[:, -1] / temperature, dim=-1)
             seq = torch.cat([seq, torch.multinomial(p, 1)], 1)
         return seq[:, 1:]
-
-
-def timed(fn, device, repeats: int, warmup: int = 1) -> float:
-    """Median seconds of `fn()` after warm-up, synchronised with the device."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))

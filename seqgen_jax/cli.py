@@ -57,8 +57,12 @@ def cmd_data(a) -> None:
         return
     text = "\n".join(strings) + "\n"
     if a.out:
+        from pathlib import Path
+
         from .io import atomic_write_text
 
+        if Path(a.out).is_dir():
+            raise UserError(f"--out {a.out} is a directory; give a file name, e.g. {Path(a.out) / 'strings.txt'}")
         atomic_write_text(a.out, text)
     else:
         sys.stdout.write(text)
@@ -95,6 +99,8 @@ def cmd_baseline(a) -> None:
 
     if a.order < 0 or a.order > 8:
         raise UserError(f"--order {a.order} must be between 0 and 8")
+    if not 0 < a.alpha < math.inf:
+        raise UserError(f"--alpha {a.alpha} must be a finite number > 0 (the course's smoothing is 0.01)")
     lang = get_language(a.name)
     train = lang.strings(a.n_train, a.seed)
     test = lang.strings(a.n_test, a.seed + 1)
@@ -152,6 +158,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"seqgen {args.cmd}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        # Disk full, a missing or read-only folder: one line; atomic writes have left no partial file.
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"seqgen {args.cmd}: error: {e.strerror or e}{where}; free space or choose another path",
+              file=sys.stderr)
+        return 2
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

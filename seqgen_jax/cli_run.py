@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from .errors import UserError
+from .lstm import NAMES
 
 
 def _add_train(sub) -> None:
@@ -19,7 +20,7 @@ def _add_train(sub) -> None:
     g.add_argument("--dropout", type=float)
     g.add_argument("--precision", choices=("fp32", "bf16"))
     g.add_argument("--unroll", type=int, help="lax.scan unroll factor (0 = by backend)")
-    g.add_argument("--backend", choices=("scan", "cudnn"))
+    g.add_argument("--backend", choices=NAMES, help="LSTM implementation (seqgen_jax/lstm); auto picks per platform")
     g = t.add_argument_group("training")
     g.add_argument("--lr", type=float)
     g.add_argument("--schedule", choices=("cosine", "constant"))
@@ -74,7 +75,25 @@ def cmd_train(a) -> None:
     run_dir = Path(a.run_dir or Path("runs") / a.name.split(":")[0])
     from . import sharding
 
-    sharding.maybe_initialize_distributed(a.coordinator, a.num_processes, a.process_id)
+    if a.coordinator is None and (a.num_processes is not None or a.process_id is not None):
+        raise UserError("--num-processes and --process-id need --coordinator host:port (or a SLURM launch)")
+    if a.coordinator is not None:
+        import socket
+
+        host, _, port = a.coordinator.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UserError(f"--coordinator {a.coordinator!r} must be host:port, e.g. node0:12345")
+        try:
+            socket.getaddrinfo(host, int(port))
+        except OSError:
+            raise UserError(f"--coordinator host {host!r} cannot be resolved; use process 0's host name or address") from None
+    if a.num_processes is not None and not (a.num_processes >= 1 and 0 <= (a.process_id or 0) < a.num_processes):
+        raise UserError(f"--process-id {a.process_id} must be in [0, --num-processes {a.num_processes})")
+    try:
+        sharding.maybe_initialize_distributed(a.coordinator, a.num_processes, a.process_id)
+    except (ValueError, RuntimeError) as e:
+        raise UserError(f"cannot start the multi-host runtime with --coordinator {a.coordinator}: "
+                        f"{str(e).splitlines()[0][:200]}") from None
     from .train import RunDir, train
 
     if a.resume:
@@ -82,12 +101,17 @@ def cmd_train(a) -> None:
         saved = run.load_config() if run.exists() else None
         if saved is None:
             raise UserError(f"--resume: {run_dir} is not a run directory; start it without --resume")
-        # Settings not given on the command line come from the run itself.
-        cfg = saved.override(**{k: v for k, v in given.items() if k.startswith(("train.epochs", "train.max_time"))})
-        clash = [k for k, v in given.items() if k.startswith(("model.", "data."))
+        if a.name != saved.data.name:
+            raise UserError(f"--resume: {run_dir} trains {saved.data.name!r}, not {a.name!r}; resume with "
+                            f"seqgen train {saved.data.name} --run-dir {run_dir} --resume")
+        # Settings not given on the command line come from the run itself; only the length of the run
+        # (--epochs, --max-time) may change, and a new --epochs is written to config.json.
+        cfg = saved.override(**{k: v for k, v in given.items() if k in ("train.epochs", "train.max_time")})
+        clash = [k for k, v in given.items() if k not in ("train.epochs", "train.max_time")
                  and v != getattr(getattr(saved, k.split(".")[0]), k.split(".")[1])]
         if clash:
-            raise UserError(f"--resume: {', '.join('--' + k.split('.')[1].replace('_', '-') for k in clash)} "
+            flags = {v: k for k, v in FLAG_TO_FIELD.items()}
+            raise UserError(f"--resume: {', '.join('--' + flags[k].replace('_', '-') for k in clash)} "
                             f"differ from the run's config.json; resume with the saved settings or use a new --run-dir")
     rec = train(cfg, run_dir, resume=a.resume)
     if rec:
@@ -131,7 +155,7 @@ def cmd_sample(a) -> None:
 
         lang = get_language(cfg.data.name)
     s = sample(params, cfg.model, vocab, n=a.n, key=jax.random.key(a.seed), temperature=a.temperature,
-               top_k=top_k, prompt=a.prompt, max_len=a.max_len)
+               top_k=top_k, prompt=a.prompt, max_len=a.max_len, unk_seen=cfg.data.voc is not None)
     for text, ended in zip(s.texts(vocab), s.ended):
         if a.format == "text":
             print(text)
@@ -148,8 +172,8 @@ def _temperatures(text: str) -> tuple[float, ...]:
         ts = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise UserError(f"--temperatures {text!r} must be comma-separated numbers, e.g. 0,0.5,1") from None
-    if not ts or any(not t >= 0 for t in ts):
-        raise UserError(f"--temperatures {text!r} must be numbers >= 0")
+    if not ts or any(not 0 <= t < math.inf for t in ts):
+        raise UserError(f"--temperatures {text!r} must be finite numbers >= 0")
     return ts
 
 
@@ -159,6 +183,8 @@ def cmd_eval(a) -> None:
     from .sample import check_sampling_args
 
     temps = _temperatures(a.temperatures)
+    if a.samples < 1:
+        raise UserError(f"--samples {a.samples} must be >= 1")
     check_sampling_args(a.samples, 0.0, 0, a.max_len)
     if a.limit is not None and a.limit < 1:
         raise UserError(f"--limit {a.limit} must be >= 1")
@@ -168,7 +194,9 @@ def cmd_eval(a) -> None:
                    max_len=a.max_len, seed=a.seed, run_dir=Path(a.run))
     out = {"run": a.run, "checkpoint_step": int(step), "dataset": ds.spec, **out}
     if a.json:
-        print(json.dumps(out, indent=2))
+        from .io import json_safe
+
+        print(json.dumps(json_safe(out), indent=2, allow_nan=False))
     else:
         for k, v in out.items():
             if isinstance(v, dict):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -33,8 +34,8 @@ class ModelConfig:
     layers: int = 1
     dropout: float = 0.0
     precision: str = "fp32"  # fp32 | bf16 (bf16 matmul inputs; fp32 params, accumulation and state)
-    unroll: int = 0  # lax.scan unroll factor; 0 picks one by backend and hidden size
-    backend: str = "scan"  # scan | cudnn (jax.experimental.rnn; GPU only)
+    unroll: int = 0  # lax.scan unroll factor; 0 lets lstm.resolve pick one for the platform
+    backend: str = "auto"  # auto | scan | pallas | cudnn (seqgen_jax/lstm: the table and resolve)
 
 
 @dataclass(frozen=True)
@@ -69,14 +70,24 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, d: dict) -> "RunConfig":
+        if not isinstance(d, dict):
+            raise UserError(f"config.json holds {type(d).__name__}, not a run configuration; the run directory is damaged")
         v = d.get("schema_version")
         if v != SCHEMA_VERSION:
-            raise UserError(f"config schema_version {v!r} is not {SCHEMA_VERSION}; this run was written "
+            raise UserError(f"config.json schema_version {v!r} is not {SCHEMA_VERSION}; this run was written "
                             "by another seqgen_jax version")
         try:
-            return cls(DataConfig(**d["data"]), ModelConfig(**d["model"]), TrainConfig(**d["train"]))
+            cfg = cls(DataConfig(**d["data"]), ModelConfig(**d["model"]), TrainConfig(**d["train"]))
         except (KeyError, TypeError) as e:
-            raise UserError(f"config.json does not match the schema ({e})") from None
+            raise UserError(f"config.json does not match the schema (missing or unknown {e}); the run directory "
+                            "is damaged") from None
+        for section in (cfg.data, cfg.model, cfg.train):
+            for f in fields(section):
+                v = getattr(section, f.name)
+                if not _has_type(v, f.type):
+                    raise UserError(f"config.json: {type(section).__name__}.{f.name} = {v!r} is not {f.type}; "
+                                    "the run directory is damaged")
+        return cfg
 
     def override(self, **dotted: Any) -> "RunConfig":
         """`cfg.override(**{"model.hidden": 128, "train.lr": 0.01})`."""
@@ -87,6 +98,14 @@ class RunConfig:
                 raise UserError(f"unknown setting {key!r}; use section.field, e.g. model.hidden")
             parts[section] = replace(parts[section], **{name: value})
         return replace(self, **parts)
+
+
+def _has_type(v, annotation: str) -> bool:
+    """Field annotations are strings here (postponed evaluation): 'int', 'float | None', 'str', ..."""
+    ok = {"int": lambda x: isinstance(x, int) and not isinstance(x, bool),
+          "float": lambda x: isinstance(x, (int, float)) and not isinstance(x, bool),
+          "str": lambda x: isinstance(x, str), "bool": lambda x: isinstance(x, bool), "None": lambda x: x is None}
+    return any(ok.get(a.strip(), lambda x: True)(v) for a in str(annotation).split("|"))
 
 
 def validate(cfg: RunConfig) -> None:
@@ -101,15 +120,25 @@ def validate(cfg: RunConfig) -> None:
         (m.embed >= 1 and m.hidden >= 1 and m.layers >= 1, "--embed, --hidden and --layers must be >= 1"),
         (0.0 <= m.dropout < 1.0, f"--dropout {m.dropout} must be in [0, 1)"),
         (m.precision in ("fp32", "bf16"), f"--precision {m.precision!r} must be fp32 or bf16"),
-        (m.backend in ("scan", "cudnn"), f"--backend {m.backend!r} must be scan or cudnn"),
         (t.schedule in ("cosine", "constant"), f"--schedule {t.schedule!r} must be cosine or constant"),
         (t.max_time is None or t.max_time > 0, "--max-time must be positive"),
-        (cfg.data.n_train >= 1 and cfg.data.n_val >= 1, "--n-train and --n-val must be >= 1"),
+        (cfg.data.n_train >= 1, f"--n-train {cfg.data.n_train} must be >= 1"),
+        (cfg.data.n_val >= 1, f"--n-val {cfg.data.n_val} must be >= 1"),
+        (cfg.data.n_test >= 1, f"--n-test {cfg.data.n_test} must be >= 1 (eval scores the test split)"),
+        (t.log_every >= 1, f"--log-every {t.log_every} must be >= 1"),
+        (0 <= t.seed < 2 ** 32, f"--seed {t.seed} must be in [0, 2^32)"),
+        (0 <= cfg.data.seed < 2 ** 32 - 2, f"--data-seed {cfg.data.seed} must be in [0, 2^32 - 2)"),
+        (math.isfinite(t.lr) and math.isfinite(t.clip), "--lr and --clip must be finite numbers"),
+        (m.embed <= 1 << 20 and m.hidden <= 1 << 20 and m.layers <= 64,
+         "--embed and --hidden must be <= 1,048,576 and --layers <= 64"),
         (cfg.data.chunk is None or cfg.data.chunk >= 2, "--chunk must be >= 2"),
     ]
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
+    from .lstm import check_name
+
+    check_name(m.backend)
 
 
 def parse_duration(text: str) -> float:

@@ -89,23 +89,30 @@ def text_stats(texts: list[str]) -> dict:
 
 
 # ---------------------------------------------------------------- truth of the dataset
-def truth_info(ds: Dataset, split: str, run_dir: Path | None = None, limit: int | None = None) -> dict:
+def truth_info(ds: Dataset, split: str, run_dir: Path | None = None, limit: int | None = None,
+               seed: int = 0) -> dict:
     """Entropy floor and the best n-gram baseline on `split` (cached in the run directory)."""
-    path = run_dir / f"truth-{split}-{limit}.json" if run_dir else None
+    name = f"truth-{split}.json" if limit is None else f"truth-{split}-{limit}-seed{seed}.json"
+    path = run_dir / name if run_dir else None
     if path and path.exists():
         return json.loads(path.read_text())
     info = {}
-    strings = ds.strings(split)[:limit]
+    every = ds.strings(split)
+    strings = [every[i] for i in ds.subset(split, limit, seed)]
     if ds.language is not None:
         e = ds.language.entropy()
         true_bits = [-ds.language.log2_prob(s) for s in strings]
         info.update({"floor_bits_per_token": e.bits_per_token, "floor_exact": e.exact,
+                     "floor_stderr_bits_per_token": e.stderr_bits_per_token,
                      "split_true_bits": float(np.sum(true_bits)), "split_tokens": sum(len(s) + 1 for s in strings)})
         train = ds.train_strings
         ng = best_ngram(train, strings, alphabet=ds.language.alphabet)
         info.update({"best_ngram_bits_per_token": ng["best_bits"], "best_ngram_order": ng["best_order"]})
     if path:
-        atomic_write_json(path, info)
+        try:
+            atomic_write_json(path, info)
+        except OSError:
+            pass  # a read-only run directory: the figures were computed, only their cache is skipped
     return info
 
 
@@ -123,7 +130,8 @@ class LSTMScorer:
     def sample(self, n: int, temperature: float, seed: int, max_len: int):
         """(texts, ended, lengths)."""
         key = jax.random.fold_in(jax.random.key(seed), int(round(temperature * 1000)))
-        s = sample(self.params, self.cfg.model, self.vocab, n=n, key=key, temperature=temperature, max_len=max_len)
+        s = sample(self.params, self.cfg.model, self.vocab, n=n, key=key, temperature=temperature, max_len=max_len,
+                   unk_seen=self.cfg.data.voc is not None)
         return s.texts(self.vocab), s.ended, s.lengths
 
 
@@ -152,15 +160,42 @@ class OracleScorer:
         return [t[:max_len] for t in texts], ended, np.array([min(len(t), max_len) for t in texts])
 
 
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> list[float]:
+    """95% Wilson score interval of a rate k / n (sound near 0 and 1, unlike the normal approximation)."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = k / n
+    d = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / d
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return [max(0.0, mid - half), min(1.0, mid + half)]
+
+
+def valid_stats(lang, texts, ended, train: set | None = None) -> dict:
+    """Validity of samples, the one place it is computed: a sample counts as valid only if it ended
+    (drew `.end` within the length cap) and the language accepts it; `novel_rate` is the share of valid
+    samples that are not training strings."""
+    valid = [bool(e) and lang.accepts(x) for x, e in zip(texts, ended)]
+    k, n = int(sum(valid)), len(valid)
+    out = {"valid": valid, "valid_rate": k / max(n, 1), "valid_rate_ci": wilson_interval(k, n),
+           "unterminated_rate": float(1.0 - np.mean(ended)) if n else 0.0}
+    if train is not None:
+        vt = [x for x, v in zip(texts, valid) if v]
+        out["novel_rate"] = float(np.mean([x not in train for x in vt])) if vt else 0.0
+    return out
+
+
 def synthetic_sample_metrics(scorer, ds, *, n, temperatures, seed, max_len, train_set=None):
     lang = ds.language
-    out = {"valid_rate": {}, "unterminated_rate": {}}
+    out = {"valid_rate": {}, "valid_rate_ci": {}, "unterminated_rate": {}}
     texts_t1 = None
     for t in temperatures:
         texts, ended, lengths = scorer.sample(n, t, seed, max_len)
-        valid = [bool(e) and lang.accepts(x) for x, e in zip(texts, ended)]
-        out["valid_rate"][tkey(t)] = float(np.mean(valid))
-        out["unterminated_rate"][tkey(t)] = float(1.0 - np.mean(ended))
+        st = valid_stats(lang, texts, ended, train_set)
+        valid = st["valid"]
+        out["valid_rate"][tkey(t)] = st["valid_rate"]
+        out["valid_rate_ci"][tkey(t)] = st["valid_rate_ci"]
+        out["unterminated_rate"][tkey(t)] = st["unterminated_rate"]
         if float(t) == 1.0:
             texts_t1, ended_t1, valid_t1, lengths_t1 = texts, ended, valid, lengths
     if texts_t1 is not None:
@@ -169,8 +204,7 @@ def synthetic_sample_metrics(scorer, ds, *, n, temperatures, seed, max_len, trai
         emp = np.bincount(capped, minlength=max_len + 1)[: max_len + 1] / len(texts_t1)
         out["length_tv"] = float(0.5 * np.abs(emp - pmf).sum())
         if train_set is not None:
-            vt = [x for x, v in zip(texts_t1, valid_t1) if v]
-            out["novel_rate"] = float(np.mean([x not in train_set for x in vt])) if vt else 0.0
+            out["novel_rate"] = valid_stats(lang, texts_t1, ended_t1, train_set)["novel_rate"]
     return out
 
 
@@ -181,9 +215,8 @@ def evaluate(params, cfg: RunConfig, ds: Dataset, **kw) -> dict:
 def evaluate_scorer(scorer, ds: Dataset, *, split: str = "test", limit: int | None = None,
                     samples: int = 1000, temperatures=(0.0, 0.5, 1.0), max_len: int = 1000, seed: int = 0,
                     run_dir: Path | None = None) -> dict:
-    seqs = ds.split(split)
-    if limit is not None and limit < len(seqs):
-        seqs = seqs.take(np.arange(limit))
+    # A random subset (stratified by label where there are labels), never the front of a sorted list.
+    seqs = ds.split(split).take(ds.subset(split, limit, seed))
     log2p, preds = scorer.score(seqs)
     n_tokens = int((seqs.lengths + 1).sum())
     ce = float(-log2p.sum() / n_tokens)
@@ -191,10 +224,11 @@ def evaluate_scorer(scorer, ds: Dataset, *, split: str = "test", limit: int | No
            "perplexity": float(2.0 ** ce)}
     if ds.language is not None:
         lang = ds.language
-        info = truth_info(ds, split, run_dir, limit)
+        info = truth_info(ds, split, run_dir, limit, seed)
         ent = info["split_true_bits"] / info["split_tokens"]
         out.update({"entropy_bits_per_token": ent, "kl_bits_per_token": ce - ent,
-                    "floor_bits_per_token": info["floor_bits_per_token"],
+                    "floor_bits_per_token": info["floor_bits_per_token"], "floor_exact": info["floor_exact"],
+                    "floor_stderr_bits_per_token": info.get("floor_stderr_bits_per_token", 0.0),
                     "best_ngram_bits_per_token": info["best_ngram_bits_per_token"],
                     "best_ngram_order": info["best_ngram_order"]})
         ok = total = 0
@@ -247,8 +281,9 @@ class EpochEvaluator:
             scorer = LSTMScorer(params, cfg, ds.vocab)
             for t in (0.0, 1.0):
                 texts, ended, _ = scorer.sample(cfg.train.eval_samples, t, epoch, 200)
-                valid = [bool(e) and ds.language.accepts(x) for x, e in zip(texts, ended)]
-                out[f"valid_rate_{tkey(t)}"] = float(np.mean(valid))
+                st = valid_stats(ds.language, texts, ended)
+                valid = st["valid"]
+                out[f"valid_rate_{tkey(t)}"] = st["valid_rate"]
                 for x, e, v in list(zip(texts, ended, valid))[:10]:
                     lp = ds.language.log2_prob(x) if v else None
                     rows.append({"temperature": t, "text": x, "ended": bool(e), "valid": v, "log2_prob": lp})

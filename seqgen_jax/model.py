@@ -14,7 +14,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from . import lstm
 from .config import ModelConfig
+from .lstm import scan as lstm_scan
 
 Params = dict  # nested dict of arrays: {"embed", "layers": [{"w_ih","w_hh","b"}...], "out": {"w","b"}}
 
@@ -24,115 +26,29 @@ class LSTMState(NamedTuple):
     c: jax.Array  # (L, B, H)
 
 
-def default_unroll(cfg: ModelConfig) -> int:
-    """Measured (benchmarks/NOTES.md): unrolling pays on GPU, where each loop iteration costs a
-    kernel launch; on CPU the loop overhead is small against the matmuls."""
-    if cfg.unroll > 0:
-        return cfg.unroll
-    return 8 if jax.default_backend() in ("gpu", "cuda", "rocm") else 1
-
-
 def _dot(x, w, dtype):
-    # bf16 inputs with fp32 accumulation; fp32 stays fp32 (XLA's default precision on the backend).
-    return jnp.dot(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
-
-
-def _gate_scale(H: int) -> jax.Array:
-    """sigmoid(x) = 0.5 * tanh(x / 2) + 0.5: with the i, f, o pre-activations halved, one tanh over the
-    whole (B, 4H) gate block replaces three sigmoids and a tanh on column slices, which XLA:CPU runs
-    several times slower (benchmarks/NOTES.md). The halving is applied to the weights and the input
-    projection outside the loop, so autodiff carries it into their gradients."""
-    return jnp.concatenate([jnp.full((2 * H,), 0.5), jnp.ones((H,)), jnp.full((H,), 0.5)])
-
-
-# d gate / d scaled pre-activation, from the stored tanh t: 0.5 * (1 - t^2) for the sigmoid gates
-# (sigmoid = 0.5 * t + 0.5) and (1 - t^2) for the cell input.
-_GATE_DERIV = (0.5, 0.5, 1.0, 0.5)
-
-
-@functools.lru_cache(maxsize=None)
-def _recurrence(unroll: int, dtype):
-    """hs (T, B, H), c_T = recurrence(gx (T, B, 4H), w_s (H, 4H), h0, c0) with a hand-written VJP.
-
-    gx and w_s are already gate-scaled (`_gate_scale`). Scan's own transpose accumulates dW_hh with an
-    (H, B) x (B, 4H) matmul inside every backward step; here the backward loop only propagates dh
-    through W_hh and stores the gate gradients, and the weight gradient is one (H, T*B) x (T*B, 4H)
-    matmul after the loop (benchmarks/NOTES.md)."""
-
-    def fwd_loop(gx, w_s, h0, c0):
-        H = h0.shape[-1]
-
-        def step(carry, g_t):
-            h, c = carry
-            t = jnp.tanh(g_t + _dot(h, w_s, dtype))  # (B, 4H)
-            i, f, o = 0.5 * t[:, :H] + 0.5, 0.5 * t[:, H:2 * H] + 0.5, 0.5 * t[:, 3 * H:] + 0.5
-            c = f * c + i * t[:, 2 * H:3 * H]
-            h = o * jnp.tanh(c)
-            return (h, c), (h, c, t)
-
-        _, (hs, cs, ts) = jax.lax.scan(step, (h0, c0), gx, unroll=max(1, min(unroll, gx.shape[0])))
-        return hs, cs, ts
-
-    @jax.custom_vjp
-    def recurrence(gx, w_s, h0, c0):
-        hs, cs, _ = fwd_loop(gx, w_s, h0, c0)
-        return hs, cs[-1]
-
-    def rec_fwd(gx, w_s, h0, c0):
-        hs, cs, ts = fwd_loop(gx, w_s, h0, c0)
-        return (hs, cs[-1]), (w_s, h0, c0, hs, cs, ts)
-
-    def rec_bwd(res, cot):
-        w_s, h0, c0, hs, cs, ts = res
-        d_hs, d_cT = cot
-        H = h0.shape[-1]
-        c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # (T, B, H)
-        w_t = w_s.T
-        q0, q1, q2, q3 = _GATE_DERIV
-
-        def step(carry, xs):
-            dh_next, dc_next = carry
-            dh_out, t, c, cp = xs
-            t0, t1, t2, t3 = t[:, :H], t[:, H:2 * H], t[:, 2 * H:3 * H], t[:, 3 * H:]
-            dh = dh_out + dh_next
-            tc = jnp.tanh(c)
-            dc = dc_next + dh * (0.5 * t3 + 0.5) * (1.0 - tc * tc)
-            # Each gate's gradient is finished before the concatenation: about 10% faster on this loop
-            # alone than concatenating first and multiplying after (benchmarks/NOTES.md, attempt 11).
-            dg = jnp.concatenate([dc * t2 * (1.0 - t0 * t0) * q0,
-                                  dc * cp * (1.0 - t1 * t1) * q1,
-                                  dc * (0.5 * t0 + 0.5) * (1.0 - t2 * t2) * q2,
-                                  dh * tc * (1.0 - t3 * t3) * q3], axis=-1)  # (B, 4H)
-            return (_dot(dg, w_t, dtype), dc * (0.5 * t1 + 0.5)), dg
-
-        (dh0, dc0), dgs = jax.lax.scan(step, (jnp.zeros_like(h0), d_cT), (d_hs, ts, cs, c_prev), reverse=True,
-                                       unroll=max(1, min(unroll, hs.shape[0])))
-        h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # (T, B, H)
-        T, B = hs.shape[:2]
-        d_w = _dot(h_prev.reshape(T * B, H).T, dgs.reshape(T * B, 4 * H), dtype)
-        return dgs, d_w.astype(w_s.dtype), dh0, dc0
-
-    recurrence.defvjp(rec_fwd, rec_bwd)
-    return recurrence
+    return lstm_scan.dot(x, w, dtype)
 
 
 def lstm_layer_tm(p: dict, gx: jax.Array, h0: jax.Array, c0: jax.Array, *, unroll: int = 1,
-                  dtype=jnp.float32):
-    """The recurrence of one layer, time-major: gx (T, B, 4H) = x @ w_ih + b, unscaled ->
-    hs (T, B, H), (h_T, c_T)."""
-    scale = _gate_scale(h0.shape[-1])
-    hs, cT = _recurrence(int(unroll), jnp.dtype(dtype))(gx * scale, p["w_hh"] * scale, h0, c0)
-    return hs, (hs[-1], cT)
+                  dtype=jnp.float32, backend: str = "scan", lengths=None):
+    """The recurrence of one layer, time-major: gx (T, B, 4H) = x @ w_ih + b -> hs (T, B, H), (h_T, c_T).
+
+    With `lengths`, h_T and c_T are each row's state after its last real step."""
+    rec = lstm.BACKENDS[backend].recurrence
+    hs, cT = rec(gx, p["w_hh"], h0, c0, lengths, unroll=unroll, dtype=dtype)
+    hT = hs[-1]
+    return hs, (hT, cT)
 
 
 def lstm_layer(p: dict, xs: jax.Array, h0: jax.Array, c0: jax.Array, *, unroll: int = 1,
-               dtype=jnp.float32):
+               dtype=jnp.float32, backend: str = "scan"):
     """One LSTM layer over a batch-major sequence: xs (B, T, D) -> ys (B, T, H), (h_T, c_T) each (B, H).
 
     The input projection of all T steps is one (B*T, D) x (D, 4H) matmul outside the loop; only
     h @ W_hh runs inside it."""
     gx = _dot(jnp.swapaxes(xs, 0, 1), p["w_ih"], dtype) + p["b"]  # (T, B, 4H)
-    hs, last = lstm_layer_tm(p, gx, h0, c0, unroll=unroll, dtype=dtype)
+    hs, last = lstm_layer_tm(p, gx, h0, c0, unroll=unroll, dtype=dtype, backend=backend)
     return jnp.swapaxes(hs, 0, 1), last
 
 
@@ -182,29 +98,28 @@ def apply_tm(params: Params, tokens: jax.Array, state: LSTMState | None = None, 
     Dropout (when `dropout_key` is given and cfg.dropout > 0) drops the non-recurrent connections:
     the embedding output, between layers, and before the output layer (Zaremba et al., 2014)."""
     dtype = jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
+    run = lstm.resolve(cfg.backend, precision=cfg.precision, unroll=cfg.unroll, dropout=cfg.dropout)
     T, B = tokens.shape
     if state is None:
         state = zero_state(cfg, B)
     drop = dropout_key is not None and cfg.dropout > 0
     keys = jax.random.split(dropout_key, cfg.layers + 1) if drop else [None] * (cfg.layers + 1)
     V = params["embed"].shape[0]
-    fold = not drop and cfg.backend != "cudnn" and V <= T * B
+    fold = not drop and run.backend.recurrence is not None and V <= T * B
     x = None if fold else _embed(params["embed"], tokens)  # (T, B, E)
     hs, cs = [], []
     for l, p in enumerate(params["layers"]):
         if drop:
             x = _dropout(x, cfg.dropout, keys[l])
-        if cfg.backend == "cudnn":
-            from .cudnn import lstm_layer_cudnn
-
-            y, (h, c) = lstm_layer_cudnn(p, jnp.swapaxes(x, 0, 1), state.h[l], state.c[l])
-            x = jnp.swapaxes(y, 0, 1)
+        if run.backend.recurrence is None:
+            x, (h, c) = run.backend.layer(p, x, state.h[l], state.c[l])
         else:
             if l == 0 and fold:
                 gx = _embed(_dot(params["embed"], p["w_ih"], dtype) + p["b"], tokens)  # (T, B, 4H)
             else:
                 gx = _dot(x, p["w_ih"], dtype) + p["b"]  # (T, B, 4H)
-            x, (h, c) = lstm_layer_tm(p, gx, state.h[l], state.c[l], unroll=default_unroll(cfg), dtype=dtype)
+            x, (h, c) = lstm_layer_tm(p, gx, state.h[l], state.c[l], unroll=run.unroll, dtype=dtype,
+                                      backend=run.backend.name)
         hs.append(h)
         cs.append(c)
     if drop:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import ModelConfig
-from .data.vocab import END_ID, PAD_ID, START_ID, Vocab
+from .data.vocab import END_ID, PAD_ID, START_ID, UNK_ID, Vocab
 from .errors import UserError
 from .model import apply
 
@@ -22,10 +22,13 @@ def padded_n(n: int) -> int:
     return max(8, 1 << (int(n) - 1).bit_length())
 
 
-def _draw(key, logits, temperature, top_k):
-    """logits (n, V) -> tokens (n,). top_k = 0 keeps every token."""
+def _draw(key, logits, temperature, top_k, mask_unk: bool = True):
+    """logits (n, V) -> tokens (n,). top_k = 0 keeps every token. `.unk` is never drawn unless the
+    training data could contain it (a capped vocabulary): a model never trained on it only has noise there."""
     V = logits.shape[-1]
     logits = logits.at[:, PAD_ID].set(-jnp.inf).at[:, START_ID].set(-jnp.inf)  # never targets
+    if mask_unk:
+        logits = logits.at[:, UNK_ID].set(-jnp.inf)
     greedy = jnp.argmax(logits, axis=-1)
     scaled = logits / jnp.maximum(temperature, 1e-6)
     k = jnp.clip(top_k, 1, V)
@@ -35,9 +38,9 @@ def _draw(key, logits, temperature, top_k):
     return jnp.where(temperature <= 0, greedy, sampled).astype(jnp.int32)
 
 
-@partial(jax.jit, static_argnames=("cfg", "n", "max_len", "early_exit"))
+@partial(jax.jit, static_argnames=("cfg", "n", "max_len", "early_exit", "mask_unk"))
 def _sample(params, key, temperature, top_k, prompt, *, cfg: ModelConfig, n: int, max_len: int,
-            early_exit: bool = True):
+            early_exit: bool = True, mask_unk: bool = True):
     """prompt (P,) int32 starting with `.start` -> tokens (n, max_len + 1), lengths (n,), ended (n,).
 
     Up to max_len symbols are drawn, then one more draw that may only end the string."""
@@ -48,7 +51,7 @@ def _sample(params, key, temperature, top_k, prompt, *, cfg: ModelConfig, n: int
 
     def body(carry):
         t, state, logits, alive, out, lengths = carry
-        tok = _draw(jax.random.fold_in(key, t), logits, temperature, top_k)
+        tok = _draw(jax.random.fold_in(key, t), logits, temperature, top_k, mask_unk)
         tok = jnp.where(alive, tok, PAD_ID)  # an ended sequence never continues
         out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, t))
         is_sym = alive & (tok != END_ID) & (t < max_len)
@@ -86,22 +89,35 @@ class Samples:
 def check_sampling_args(n: int, temperature: float, top_k: int, max_len: int) -> None:
     if n < 1:
         raise UserError(f"--n {n} must be >= 1")
-    if not temperature >= 0:
-        raise UserError(f"--temperature {temperature} must be >= 0 (0 = greedy)")
+    if not 0 <= temperature < float("inf"):
+        raise UserError(f"--temperature {temperature} must be a finite number >= 0 (0 = greedy)")
     if top_k < 0:
         raise UserError(f"--top-k {top_k} must be >= 1 (or 0 for no top-k)")
     if max_len < 1:
         raise UserError(f"--max-len {max_len} must be >= 1")
 
 
+def check_sampling_memory(n: int, max_len: int, cfg: ModelConfig) -> None:
+    """Refuse requests whose arrays cannot fit, before XLA aborts the process trying to allocate them."""
+    from .memory import check_fits
+
+    m = padded_n(n)
+    # tokens out (int32), the per-step state and logits, a few times over for XLA's temporaries
+    need = 4 * m * (max_len + 1) * 2 + 4 * m * (cfg.vocab_size + 4 * cfg.hidden * cfg.layers) * 4
+    check_fits(need, f"sampling {n:,} x {max_len:,} tokens", "lower --n or --max-len")
+
+
 def sample(params, cfg: ModelConfig, vocab: Vocab, *, n: int, key, temperature: float = 1.0,
-           top_k: int = 0, prompt: str = "", max_len: int = 200, early_exit: bool = True) -> Samples:
-    """n samples from `.start` (+ prompt). `key` is a jax PRNG key; the same key gives the same samples."""
+           top_k: int = 0, prompt: str = "", max_len: int = 200, early_exit: bool = True,
+           unk_seen: bool = False) -> Samples:
+    """n samples from `.start` (+ prompt). `key` is a jax PRNG key; the same key gives the same samples.
+    `unk_seen`: the training data could contain `.unk` (a capped vocabulary), so it may be drawn."""
     check_sampling_args(n, temperature, top_k, max_len)
+    check_sampling_memory(n, max_len, cfg)
     p = np.concatenate([[START_ID], vocab.encode(prompt)]).astype(np.int32)
     m = padded_n(n)
     tok, lengths, ended = _sample(params, key, jnp.float32(temperature), jnp.int32(top_k), jnp.asarray(p),
-                                  cfg=cfg, n=m, max_len=int(max_len), early_exit=early_exit)
+                                  cfg=cfg, n=m, max_len=int(max_len), early_exit=early_exit, mask_unk=not unk_seen)
     tok, lengths, ended = jax.device_get((tok, lengths, ended))
     return Samples(np.asarray(tok)[:n], np.asarray(lengths)[:n], np.asarray(ended)[:n], prompt)
 

@@ -200,13 +200,19 @@ def make_train_step(cfg: RunConfig, tx: optax.GradientTransformation, mesh=None)
     mesh = mesh if mesh is not None else shd.make_mesh(1)
     if host_parallel(mesh):
         return HostParallelStep(cfg, tx, mesh)
+    return jax.jit(step_fn(cfg, tx), donate_argnums=(0,))
+
+
+def step_fn(cfg: RunConfig, tx: optax.GradientTransformation):
+    """The un-jitted single-program step (state, data, idx) -> (state, metrics); `make_train_step` jits
+    it with donation and the mesh's shardings, benchmarks jit it bare to price the sharding."""
     local = _local_grads(cfg)
 
     def step(state, data, idx):
         nll, n, grads = local(state["params"], jnp.take(data, idx, axis=0), _dropout_key(cfg, state["step"]))
         return _apply_grads(tx, state, nll, n, grads)
 
-    return jax.jit(step, donate_argnums=(0,))
+    return step
 
 
 def make_eval_step(cfg: RunConfig, mesh=None):
@@ -288,13 +294,14 @@ class RunDir:
         return self.config_path.exists()
 
     def load_config(self) -> RunConfig:
-        try:
-            return RunConfig.from_json(json.loads(self.config_path.read_text()))
-        except FileNotFoundError:
+        if not self.path.is_dir() or not self.config_path.is_file():
             raise UserError(f"{self.path} is not a run directory (no config.json); train one with "
-                            f"seqgen train NAME --run-dir {self.path}") from None
-        except json.JSONDecodeError as e:
-            raise UserError(f"{self.config_path} is not valid JSON ({e}); the run directory is damaged") from None
+                            f"seqgen train NAME --run-dir {self.path}")
+        try:
+            return RunConfig.from_json(json.loads(self.config_path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{self.config_path} is not valid UTF-8 JSON ({type(e).__name__}); the run directory "
+                            "is damaged") from None
 
     def read_metrics(self) -> list[dict]:
         out = []
@@ -316,9 +323,44 @@ class RunDir:
         atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in keep))
 
     def append_metrics(self, *records: dict) -> None:
+        from .io import json_safe
+
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
             for r in records:
-                f.write(json.dumps(r) + "\n")
+                f.write(json.dumps(json_safe(r), allow_nan=False) + "\n")
+
+    def has_checkpoints(self) -> bool:
+        d = self.path / "checkpoints"
+        return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
+
+    def lock(self):
+        """An exclusive lock on the run directory for the life of the returned file: a second process
+        training into the same run gets one line instead of interleaved metrics or orbax races."""
+        import fcntl
+
+        f = open(self.path / ".lock", "w")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise UserError(f"{self.path} is in use by another seqgen process; wait for it to finish "
+                            "or choose another --run-dir") from None
+        return f
+
+
+# What a run directory may hold before it is a run: nothing of the user's is ever overwritten.
+RUN_FILES = {"config.json", "vocab.json", "metrics.jsonl", ".lock", ".write-test"}
+
+
+def check_fresh(path: Path) -> None:
+    """A new run goes into a missing or empty directory only (or one a killed first try left)."""
+    if path.is_file():
+        raise UserError(f"--run-dir {path} is a file; choose a directory")
+    if path.is_dir():
+        other = [p.name for p in path.iterdir() if p.name not in RUN_FILES]
+        if other:
+            raise UserError(f"--run-dir {path} is not empty and not a run (it holds {', '.join(sorted(other)[:3])}"
+                            f"{', ...' if len(other) > 3 else ''}); choose a new or empty directory")
 
 
 def check_writable(path: Path) -> None:
@@ -329,6 +371,18 @@ def check_writable(path: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write the run directory {path}: {e.strerror or e}; choose another --run-dir") from None
+
+
+def check_model_memory(cfg: RunConfig) -> None:
+    from .memory import check_fits
+
+    m = cfg.model
+    n_params = m.vocab_size * m.embed + 4 * m.hidden * (m.embed + m.hidden + 1) + \
+        (m.layers - 1) * 4 * m.hidden * (2 * m.hidden + 1) + m.hidden * m.vocab_size
+    # params, gradients and Adam's two moments, plus the activations of one full batch (gates, h, c)
+    need = 4 * 4 * n_params + 4 * cfg.train.max_tokens * (6 * m.hidden * m.layers + 2 * m.vocab_size)
+    check_fits(need, f"a ({m.embed}, {m.hidden}) x {m.layers} model with {cfg.train.max_tokens:,}-token batches",
+               "lower --hidden, --embed, --layers or --max-tokens")
 
 
 def _fmt_time(s: float) -> str:
@@ -351,6 +405,19 @@ def train(cfg: RunConfig, run_dir, *, resume: bool = False, log: Callable[[str],
     enable_compilation_cache()
     run = RunDir(run_dir)
     primary = jax.process_index() == 0
+    created = not run.path.exists()
+    try:
+        return _train(cfg, run, resume, log, dataset, mesh, primary)
+    except BaseException:
+        # A run rejected before it wrote anything leaves no empty directory behind.
+        if created and primary and run.path.is_dir() and not run.exists():
+            import shutil
+
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+
+
+def _train(cfg: RunConfig, run: RunDir, resume: bool, log, dataset, mesh, primary: bool) -> dict:
     if resume:
         if not run.exists():
             raise UserError(f"--resume: {run.path} is not a run directory; start it without --resume")
@@ -359,10 +426,17 @@ def train(cfg: RunConfig, run_dir, *, resume: bool = False, log: Callable[[str],
             raise UserError(f"--resume: the model or data settings differ from {run.config_path}; "
                             "resume with the saved settings or train into a new --run-dir")
         cfg = replace(saved, train=replace(saved.train, epochs=cfg.train.epochs, max_time=cfg.train.max_time))
-    elif run.exists() or (run.path / "checkpoints").exists():
+        if not run.has_checkpoints():
+            # Killed during its first epoch (Ctrl-C): nothing to restore, so it starts again at step 0.
+            log(f"{run.path} has no checkpoint yet: starting it from step 0 with its saved settings")
+            resume = False
+    elif run.exists() or run.has_checkpoints():
         raise UserError(f"{run.path} already holds a run; pass --resume to continue it or choose a new --run-dir")
+    else:
+        check_fresh(run.path)
     if primary:
         check_writable(run.path)
+        lock = run.lock()  # held until this function returns (the file object lives in this frame)
 
     t_start = time.time()
     ds = dataset if dataset is not None else build_dataset(cfg.data)
@@ -384,6 +458,7 @@ def train(cfg: RunConfig, run_dir, *, resume: bool = False, log: Callable[[str],
 
     ckpt = Checkpointer(run.path, keep=cfg.train.keep, primary=primary)
     start_epoch, start_batch, best_val = 0, 0, math.inf
+    check_model_memory(cfg)
     if resume:
         train_like = {k: v for k, v in state.items() if k != "params"}
         step0, params, rest, meta = ckpt.restore("latest", abstract(state["params"]), abstract(train_like))
@@ -397,10 +472,11 @@ def train(cfg: RunConfig, run_dir, *, resume: bool = False, log: Callable[[str],
             ckpt.close()
             recs = [m for m in run.read_metrics() if "epoch" in m]
             return recs[-1] if recs else {}
-    elif primary:
+    if primary:  # a resumed run records its new length (--epochs) too
         from .io import atomic_write_text
 
         atomic_write_text(run.config_path, cfg.dumps())
+    if primary and not resume:
         ds.vocab.save(run.path / "vocab.json")
         (run.path / "metrics.jsonl").write_text("")
 
@@ -411,6 +487,7 @@ def train(cfg: RunConfig, run_dir, *, resume: bool = False, log: Callable[[str],
     eval_fn = make_eval_step(cfg, mesh)
     deadline = t_start + cfg.train.max_time if cfg.train.max_time else math.inf
     last = {}
+    real_tokens = [plan.lengths[plan.members(b)] for b in range(len(plan.buckets))]
     for epoch in range(start_epoch, cfg.train.epochs):
         order = epoch_order(plan, cfg.train.seed, epoch)
         if epoch != start_epoch or start_batch == 0:
@@ -422,7 +499,8 @@ def train(cfg: RunConfig, run_dir, *, resume: bool = False, log: Callable[[str],
             b, idx = order[bi]
             gstep = epoch * steps_per_epoch + bi + 1
             state, m = step_fn(state, train_split.data[b], put_idx(train_split.device_idx(b, idx)))
-            tokens_since += len(idx) * plan.buckets[b].length
+            rt = real_tokens[b]
+            tokens_since += int(rt[idx[idx < len(rt)]].sum())  # per-step tokens/s counts no padding
             if pending is not None and primary:  # one step late: the previous step is done or nearly
                 _flush_step_record(run, pending, schedule)
                 pending = None
@@ -431,6 +509,9 @@ def train(cfg: RunConfig, run_dir, *, resume: bool = False, log: Callable[[str],
                 pending = (gstep, m, tokens_since, now - t_log)
                 tokens_since, t_log = 0, now
             if time.time() > deadline and bi + 1 < len(order):
+                if not math.isfinite(float(jax.device_get(state["acc"])["nll"])):
+                    ckpt.close()
+                    raise UserError(f"training diverged before step {gstep}: the loss is not finite; lower --lr")
                 if pending is not None and primary:
                     _flush_step_record(run, pending, schedule)
                     pending = None
@@ -444,6 +525,14 @@ def train(cfg: RunConfig, run_dir, *, resume: bool = False, log: Callable[[str],
         if pending is not None and primary:
             _flush_step_record(run, pending, schedule)
         acc = jax.device_get(state["acc"])  # the one sync per epoch
+        if not (math.isfinite(float(acc["nll"])) and math.isfinite(float(acc["gn_max"]))):
+            # Diverged: the last checkpoint (the previous epoch's) stays the latest, nothing NaN is saved.
+            ckpt.wait()
+            ckpt.close()
+            raise UserError(f"training diverged in epoch {epoch + 1} (steps {epoch * steps_per_epoch + 1}–"
+                            f"{(epoch + 1) * steps_per_epoch}): the loss or gradient is not finite; lower --lr "
+                            f"(now {cfg.train.lr:g}) and train into a new --run-dir, or --resume from the last "
+                            "finite checkpoint with a lower --lr in a copy")
         seconds = time.time() - t_epoch
         val_ce, _ = evaluate_ce(eval_fn, state["params"], val_split, mesh)
         nsteps = max(float(acc["steps"]), 1.0)

@@ -1,23 +1,84 @@
-"""The benchmark harness itself (tiny shapes): every row measured on both sides, JSON written."""
+"""The benchmark harnesses themselves (tiny shapes, CPU): every row measured on both sides with its
+spread, JSON written. PyTorch is part of CI's set-up (.ci/run installs the CPU wheel), so a missing
+torch fails here instead of skipping."""
 import json
 import subprocess
 import sys
 
-import pytest
-
 from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import harness  # noqa: E402
 
 
 def test_throughput_harness_smoke(tmp_path):
-    pytest.importorskip("torch", reason="the PyTorch baseline is the optional extra [torch]")
     out = tmp_path / "t.json"
     p = subprocess.run([sys.executable, "benchmarks/throughput.py", "--smoke", "--json", str(out)], cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     d = json.loads(out.read_text())
-    kinds = {r["kind"] for r in d["rows"]}
-    assert kinds == {"train", "epoch", "sample"}
+    assert {r["kind"] for r in d["rows"]} == {"train", "epoch", "sample"}
     for r in d["rows"]:
-        assert r["jax"] > 0 and r["torch_careful"] > 0 and r["torch_course"] > 0 and r["ratio_careful"] > 0
+        for side in ("jax", "torch_careful", "torch_course"):
+            s = r[side]
+            assert 0 < s["min"] <= s["median"] <= s["max"], (r["what"], side, s)
+        assert r["repeats"] >= 5 and r["lead"] == (r["jax"]["min"] > r["torch_careful"]["max"])
+        assert abs(r["ratio_careful"] - r["jax"]["median"] / r["torch_careful"]["median"]) < 1e-9
     assert d["meta"]["precision"] == "fp32" and d["meta"]["jax"] and d["meta"]["torch"]
     assert "| kind | what |" in p.stdout
+
+
+def test_interleaved_rates_and_lead():
+    import time
+
+    calls = []
+
+    def slow():
+        calls.append("s")
+        time.sleep(0.004)
+
+    def fast():
+        calls.append("f")
+        time.sleep(0.001)
+
+    st = harness.interleaved({"slow": (slow, lambda _: None), "fast": (fast, lambda _: None)}, work=1.0,
+                             repeats=5, min_seconds=0.01)
+    assert st["slow"]["repeats"] == 5 and st["fast"]["repeats"] == 5
+    assert 150 < st["slow"]["median"] < 260 and 500 < st["fast"]["median"] < 1010  # 1/0.004 and 1/0.001
+    assert harness.lead(st["fast"], st["slow"]) and not harness.lead(st["slow"], st["fast"])
+    # Interleaved: the variants alternate instead of running all of one first.
+    body = "".join(calls)
+    assert "sf" in body and "fs" in body
+    assert harness.lead({"min": 2.0, "max": 3}, {"min": 1.0, "max": 2.5}) is False  # overlapping spreads
+
+
+def test_gpu_round_smoke_runs_every_part(tmp_path):
+    """benchmarks/gpu_round.py --smoke: every part in its own process on the CPU at tiny shapes, so the
+    script a GPU session runs once has run here first."""
+    out = tmp_path / "gr"
+    p = subprocess.run([sys.executable, "benchmarks/gpu_round.py", "--smoke", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    d = json.loads((out / "gpu_round.json").read_text())
+    import gpu_round
+
+    assert [s["part"] for s in d["parts"]] == [name for name, _, _ in gpu_round.PARTS]
+    assert all(s["status"] == "ok" for s in d["parts"]), d["parts"]
+    recs = d["records"]
+    kinds = {r["kind"] for r in recs}
+    assert {"env", "matmul_precision", "check", "train", "epoch", "sample", "loop", "sharding"} <= kinds
+    assert all(r["ok"] for r in recs if r["kind"] == "check")
+    tf32 = [r for r in recs if r["kind"] == "train" and r["part"] == "train_tf32"]
+    assert tf32 and all({"scan-u8", "scan-u16", "torch_careful"} <= set(r["stats"]) for r in tf32)
+    assert all(r["skipped"].get("cudnn") == "needs an NVIDIA GPU" for r in tf32)
+    pal = [r for r in recs if r["kind"] == "train" and r["part"] == "train_pallas"]
+    assert pal and all({"pallas", "scan-u8", "torch_careful"} <= set(r["stats"]) for r in pal)
+    for r in tf32:
+        for name, ratio in r["ratio_vs_careful"].items():
+            assert abs(ratio - r["stats"][name]["median"] / r["stats"]["torch_careful"]["median"]) < 1e-9
+    # The command-buffer parts really ran under the flags, the others without.
+    flags = {r["part"]: r["xla_flags"] for r in recs if r["kind"] == "part_start"}
+    assert "--xla_gpu_enable_command_buffer=+WHILE" in flags["train_cmdbuf"]
+    assert "command_buffer" not in flags["train_tf32"]
+    assert any(r["part"] == "train_cmdbuf" for r in recs if r["kind"] == "train")
+    assert "| part | what |" in p.stdout

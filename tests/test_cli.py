@@ -3,6 +3,8 @@ import json
 
 import pytest
 
+from seqgen_jax.data import Brackets
+
 from conftest import run_cli
 
 
@@ -79,6 +81,14 @@ def test_train_sample_eval_and_restore_in_new_process(trained_run, tmp_path):
               "best_ngram_bits_per_token"):
         assert k in d, k
     assert set(d["valid_rate"]) == {"0.0", "1.0"} and d["split"] == "test"
+    assert d["kl_bits_per_token"] == pytest.approx(d["ce_bits_per_token"] - d["entropy_bits_per_token"], abs=1e-9)
+    assert d["perplexity"] == pytest.approx(2 ** d["ce_bits_per_token"], rel=1e-9)
+    assert d["ce_bits_per_token"] > d["entropy_bits_per_token"] > 0.5  # brackets: about 0.79 bits/token
+    assert d["n_tokens"] == sum(len(t) + 1 for t in Brackets().strings(300, 2))  # the test split: seed + 2
+    for t in ("0.0", "1.0"):
+        v, (lo, hi) = d["valid_rate"][t], d["valid_rate_ci"][t]
+        assert 0 <= lo <= v <= hi <= 1 and 0 <= d["unterminated_rate"][t] <= 1 - v + 1e-12
+    assert 0 <= d["prefix_valid_rate"] <= 1 and 0 <= d["length_tv"] <= 1
 
     # The logits of a process that restores the checkpoint equal the in-process restored parameters'.
     code = ("import sys, json, jax, jax.numpy as jnp; from seqgen_jax.cli_run import _restore; "

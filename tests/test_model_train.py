@@ -163,7 +163,7 @@ def test_cudnn_packing_matches_our_layer():
     unpacked by jax.experimental.rnn and run through its reference LSTM give our layer's outputs."""
     from jax.experimental import rnn
 
-    from seqgen_jax.cudnn import pack
+    from seqgen_jax.lstm.cudnn import pack
 
     p = init_params(TINY.model, 4)["layers"][0]
     w_ih, w_hh, b_ih, b_hh = rnn.unpack_lstm_weights(pack(p), 8, 12, 1, False)

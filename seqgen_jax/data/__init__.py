@@ -79,6 +79,30 @@ class Dataset:
         r = self.split(name)
         return [self.vocab.decode(r[i]) for i in range(len(r))]
 
+    def subset(self, name: str, limit: int | None, seed: int = 0) -> np.ndarray:
+        """Positions of at most `limit` sequences of a split, drawn at random with `seed` and stratified
+        by label where the corpus has labels (IMDb's reviews are stored sorted by label, so a prefix
+        would be one class); all positions, in order, without a limit."""
+        n = len(self.split(name))
+        if limit is None or limit >= n:
+            return np.arange(n)
+        labels = self.info.get("labels", {}).get(name)
+        return stratified_subset(labels if labels is not None else np.zeros(n, np.int8), limit, seed)
+
+
+def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """n positions drawn without replacement with `seed`, each label getting its share of n (largest
+    remainders), returned sorted."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * n / len(labels)
+    take = np.floor(quota).astype(int)
+    for i in np.argsort(-(quota - take))[: n - take.sum()]:
+        take[i] += 1
+    picks = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(picks)).astype(np.int64)
+
 
 def vocab_for(lang: Language) -> Vocab:
     return Vocab.from_symbols(lang.alphabet)
@@ -91,13 +115,18 @@ def build_dataset(cfg: DataConfig) -> Dataset:
 
         corpus = load_corpus(cfg.imdb, ImdbOptions(char=cfg.char, voc=cfg.voc, keep_br=cfg.keep_br))
         tr_idx, va_idx = corpus.val_split(cfg.n_val, cfg.seed)
+        lab_tr, lab_te = corpus.labels["train"], corpus.labels["test"]
+        # The archive stores reviews sorted by label: subsets are drawn at random, stratified by label,
+        # never taken from the front.
         if cfg.n_train < len(tr_idx):
-            tr_idx = tr_idx[: cfg.n_train]
-        test = corpus.test
-        if cfg.n_test < len(test):
-            test = test.take(np.arange(cfg.n_test))
+            tr_idx = tr_idx[stratified_subset(lab_tr[tr_idx], cfg.n_train, cfg.seed)]
+        te_idx = np.arange(len(corpus.test))
+        if cfg.n_test < len(te_idx):
+            te_idx = stratified_subset(lab_te, cfg.n_test, cfg.seed + TEST_SEED_OFFSET)
+        labels = {"train": lab_tr[tr_idx], "val": lab_tr[va_idx], "test": lab_te[te_idx]}
         return Dataset("imdb", "imdb", corpus.vocab, corpus.train.take(tr_idx), corpus.train.take(va_idx),
-                       test, info={"cache": corpus.cache, "n_test_total": len(corpus.test)})
+                       corpus.test.take(te_idx), info={"cache": corpus.cache, "n_test_total": len(corpus.test),
+                                                        "labels": labels})
     lang = get_language(cfg.name)
     vocab = vocab_for(lang)
     tr = lang.strings(cfg.n_train, cfg.seed)

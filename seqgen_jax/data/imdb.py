@@ -55,7 +55,7 @@ class ImdbCorpus:
         """(train indices, val indices) into `train`: `val` reviews drawn with `seed`, as the course."""
         n = len(self.train)
         if not 0 <= val < n:
-            raise UserError(f"val={val} is out of range; choose 0 <= val < {n}")
+            raise UserError(f"--n-val {val} is out of range for {n:,} training reviews; choose 0 <= --n-val < {n}")
         val_idx = np.array(sorted(random.Random(seed).sample(range(n), k=val)), dtype=np.int64)
         mask = np.ones(n, bool)
         mask[val_idx] = False

@@ -89,6 +89,15 @@ class Toy(Language):
         words = self._words_of(s)
         if words is None or any(w not in self.words for w in words):
             return -math.inf, 0
+        # The inside algorithm is cubic in the length; the Earley recogniser rejects an invalid string
+        # at its first wrong word, so a long invalid line costs almost nothing.
+        chart = self._initial_chart()
+        for w in words:
+            chart = self._advance(chart, w)
+            if chart is None:
+                return -math.inf, 0
+        if not self._complete(chart):
+            return -math.inf, 0
         rules, mins = self.rules, self._min_words
 
         @lru_cache(maxsize=None)

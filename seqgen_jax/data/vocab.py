@@ -83,8 +83,20 @@ class Vocab:
 
     @classmethod
     def load(cls, path) -> "Vocab":
-        with open(path, encoding="utf-8") as f:
-            return cls.from_json(json.load(f))
+        from ..errors import UserError
+
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+            v = cls.from_json(d)
+        except FileNotFoundError:
+            raise UserError(f"{path} is missing; the run directory is damaged (retrain, or copy vocab.json "
+                            "from a run of the same dataset)") from None
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+            raise UserError(f"{path} is not a valid vocabulary ({type(e).__name__}); the run directory is damaged") from None
+        if tuple(v.i2w[:4]) != (".pad", ".start", ".end", ".unk"):
+            raise UserError(f"{path} lacks the special symbols .pad .start .end .unk; the run directory is damaged")
+        return v
 
 
 @dataclass

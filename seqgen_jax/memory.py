@@ -1,0 +1,26 @@
+"""Refuse work that cannot fit in memory with one clear line, before XLA aborts the process."""
+from __future__ import annotations
+
+import os
+
+from .errors import UserError
+
+
+def available_bytes() -> int:
+    """The accelerator's memory limit where JAX reports one, else the machine's physical memory."""
+    try:
+        import jax
+
+        stats = jax.devices()[0].memory_stats() or {}
+        if stats.get("bytes_limit"):
+            return int(stats["bytes_limit"])
+    except Exception:  # CPU devices report no statistics
+        pass
+    return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def check_fits(need: int, what: str, fix: str) -> None:
+    have = available_bytes()
+    if need > 0.8 * have:
+        raise UserError(f"{what} needs about {need / 2**30:,.1f} GiB, more than this machine's "
+                        f"{have / 2**30:,.1f} GiB; {fix}")

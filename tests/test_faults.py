@@ -1,0 +1,171 @@
+"""Hostile but fair input (issue "Nothing lost, nothing crashes"): each case gets one line on stderr,
+exit code 2, no traceback, and leaves the user's files as they were."""
+import fcntl
+import json
+import shutil
+
+import pytest
+
+from conftest import run_cli
+
+TINY = ("--n-train", "300", "--n-val", "50", "--n-test", "50", "--embed", "8", "--hidden", "16", "--epochs", "1",
+        "--max-tokens", "2000")
+
+
+def one_line_error(rc, out, err, *needles):
+    assert rc == 2, (rc, out[-500:], err[-2000:])
+    lines = [l for l in err.strip().splitlines() if not l.startswith(("E1", "W1", "I1"))]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    r = tmp_path_factory.mktemp("faults") / "run"
+    rc, out, err = run_cli("train", "brackets", "--run-dir", r, *TINY)
+    assert rc == 0, err
+    return r
+
+
+def _copy(run, tmp_path, name="copy"):
+    dst = tmp_path / name
+    shutil.copytree(run, dst)
+    return dst
+
+
+def test_a_directory_that_is_not_a_run_is_never_overwritten(tmp_path):
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "metrics.jsonl").write_text("mine\n")
+    (d / "notes.txt").write_text("keep me\n")
+    one_line_error(*run_cli("train", "brackets", "--run-dir", d, *TINY), "not empty", "notes.txt")
+    assert (d / "metrics.jsonl").read_text() == "mine\n" and sorted(p.name for p in d.iterdir()) == ["metrics.jsonl", "notes.txt"]
+    f = tmp_path / "afile"
+    f.write_text("x")
+    one_line_error(*run_cli("train", "brackets", "--run-dir", f, *TINY), "is a file")
+
+
+def test_a_rejected_run_leaves_no_directory(tmp_path):
+    d = tmp_path / "new"
+    one_line_error(*run_cli("train", "brackets", "--run-dir", d, "--hidden", "900000", "--epochs", "1",
+                            "--n-train", "100"), "GiB", "--hidden")
+    assert not d.exists()
+
+
+def test_a_run_in_use_is_refused(run, tmp_path):
+    c = _copy(run, tmp_path)
+    before = (c / "metrics.jsonl").read_text()
+    with open(c / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        one_line_error(*run_cli("train", "brackets", "--run-dir", c, "--resume", "--epochs", "2"), "in use")
+    assert (c / "metrics.jsonl").read_text() == before
+
+
+def test_flags_that_used_to_pass_validation_and_crash(run, tmp_path):
+    r = tmp_path / "r"
+    cases = [
+        (("train", "brackets", "--run-dir", r, "--log-every", "0"), "--log-every"),
+        (("train", "brackets", "--run-dir", r, "--log-every", "-1"), "--log-every"),
+        (("train", "brackets", "--run-dir", r, "--seed", "-1"), "--seed"),
+        (("train", "brackets", "--run-dir", r, "--seed", "18446744073709551616"), "--seed"),
+        (("train", "brackets", "--run-dir", r, "--n-test", "0"), "--n-test"),
+        (("train", "brackets", "--run-dir", r, "--lr", "inf"), "finite"),
+        (("train", "brackets", "--run-dir", r, "--num-processes", "2", "--process-id", "5"), "--coordinator"),
+        (("train", "brackets", "--run-dir", r, "--coordinator", "nohost:notaport"), "host:port"),
+        (("sample", run, "--temperature", "inf"), "finite"),
+        (("sample", run, "--n", "1000000000"), "GiB"),
+        (("sample", run, "--max-len", "1000000000"), "GiB"),
+        (("eval", run, "--temperatures", "inf"), "finite"),
+        (("eval", run, "--samples", "0"), "--samples"),
+        (("baseline", "brackets", "--order", "2", "--alpha", "-1"), "--alpha"),
+        (("baseline", "brackets", "--order", "2", "--alpha", "nan"), "--alpha"),
+        (("data", "brackets", "--n", "5", "--out", tmp_path), "is a directory"),
+        (("data", "brackets", "--n", "5", "--out", "/proc/nope/x.txt"), "/proc/nope"),
+    ]
+    for args, needle in cases:
+        one_line_error(*run_cli(*args), needle)
+    assert not r.exists()
+
+
+def test_resume_refuses_what_differs_and_records_new_epochs(run, tmp_path):
+    c = _copy(run, tmp_path)
+    one_line_error(*run_cli("train", "ndfa", "--run-dir", c, "--resume"), "brackets")
+    one_line_error(*run_cli("train", "brackets", "--run-dir", c, "--resume", "--lr", "0.5"), "--lr")
+    rc, out, err = run_cli("train", "brackets", "--run-dir", c, "--resume", "--epochs", "2")
+    assert rc == 0, err
+    assert json.loads((c / "config.json").read_text())["train"]["epochs"] == 2
+    epochs = [json.loads(l)["epoch"] for l in (c / "metrics.jsonl").read_text().splitlines() if '"epoch"' in l]
+    assert epochs == [1, 2]
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_zero(run, tmp_path):
+    c = _copy(run, tmp_path)
+    shutil.rmtree(c / "checkpoints")
+    shutil.rmtree(c / "best", ignore_errors=True)
+    (c / "metrics.jsonl").write_text("")
+    rc, out, err = run_cli("train", "brackets", "--run-dir", c, "--resume")
+    assert rc == 0, err
+    assert "step 0" in out + err
+    assert [json.loads(l).get("epoch") for l in (c / "metrics.jsonl").read_text().splitlines() if '"epoch"' in l] == [1]
+
+
+def test_divergence_stops_with_one_line_and_valid_json(tmp_path):
+    d = tmp_path / "div"
+    one_line_error(*run_cli("train", "brackets", "--run-dir", d, *TINY[:-2], "--max-tokens", "400", "--lr", "3e38",
+                            "--schedule", "constant", "--log-every", "1"), "diverged", "--lr")
+    for line in (d / "metrics.jsonl").read_text().splitlines():
+        json.loads(line)  # never a bare NaN
+        assert "NaN" not in line
+    assert not (d / "checkpoints").exists() or not any((d / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("content", ["[1, 2, 3]", "null", '{"schema_version": 1}', "\udcff"])
+def test_damaged_config_json(run, tmp_path, content):
+    c = _copy(run, tmp_path)
+    if content == "\udcff":
+        (c / "config.json").write_bytes(b"\xff\xfe not utf-8")
+    else:
+        (c / "config.json").write_text(content)
+    one_line_error(*run_cli("sample", c), "config.json")
+
+
+def test_wrongly_typed_config_field(run, tmp_path):
+    c = _copy(run, tmp_path)
+    cfg = json.loads((c / "config.json").read_text())
+    cfg["model"]["hidden"] = "16"
+    (c / "config.json").write_text(json.dumps(cfg))
+    one_line_error(*run_cli("sample", c), "hidden")
+
+
+def test_damaged_or_missing_vocab(run, tmp_path):
+    c = _copy(run, tmp_path)
+    (c / "vocab.json").unlink()
+    one_line_error(*run_cli("sample", c), "vocab.json")
+    (c / "vocab.json").write_text("{not json")
+    one_line_error(*run_cli("sample", c), "vocab.json")
+
+
+def test_run_argument_that_is_a_file(tmp_path):
+    f = tmp_path / "f"
+    f.write_text("x")
+    one_line_error(*run_cli("sample", f), "not a run directory")
+
+
+def test_eval_on_a_read_only_run_still_reports(monkeypatch, tmp_path):
+    """The truth cache is a convenience: when the run directory cannot be written, the figures are
+    computed and returned all the same."""
+    from seqgen_jax import evaluate as ev
+    from seqgen_jax.config import DataConfig
+    from seqgen_jax.data import build_dataset
+
+    def refuse(path, obj):
+        raise PermissionError(13, "Read-only file system", str(path))
+
+    monkeypatch.setattr(ev, "atomic_write_json", refuse)
+    ds = build_dataset(DataConfig(name="brackets", n_train=200, n_val=50, n_test=80))
+    info = ev.truth_info(ds, "test", tmp_path, limit=40, seed=1)
+    assert info["floor_bits_per_token"] == pytest.approx(ds.language.entropy().bits_per_token)
+    assert info["split_tokens"] == sum(len(ds.strings("test")[i]) + 1 for i in ds.subset("test", 40, 1))
+    assert list(tmp_path.iterdir()) == []
