@@ -8,6 +8,8 @@ never leaves a half-written checkpoint behind."""
 from __future__ import annotations
 
 import logging
+import re
+import sys
 from pathlib import Path
 
 import jax
@@ -36,9 +38,13 @@ class Checkpointer:
         args = ocp.args.Composite(params=ocp.args.StandardSave(params),
                                   train=ocp.args.StandardSave(train_state),
                                   meta=ocp.args.JsonSave(meta))
-        self.latest.save(step, args=args, force=True)
-        if best:
-            self.best.save(step, args=args, force=True)
+        # A run resumed from an older checkpoint (the newest was deleted or corrupt) reaches steps that
+        # may still exist here, in best/ above all: replace them rather than fail on the duplicate.
+        for mgr in (self.latest, self.best) if best else (self.latest,):
+            if step in mgr.all_steps():
+                mgr.wait_until_finished()
+                mgr.delete(step)
+            mgr.save(step, args=args, force=True)
 
     def wait(self) -> None:
         self.latest.wait_until_finished()
@@ -47,9 +53,6 @@ class Checkpointer:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
-
-    def steps(self, which: str = "latest") -> list[int]:
-        return list((self.best if which == "best" else self.latest).all_steps())
 
     def _resolve(self, which: str | int) -> tuple[ocp.CheckpointManager, int]:
         if isinstance(which, str) and which not in ("latest", "best"):
@@ -70,26 +73,44 @@ class Checkpointer:
                     have = sorted(set(self.latest.all_steps()) | set(self.best.all_steps()))
                     raise UserError(f"no checkpoint at step {step} in {self.run_dir}; available: {have}")
         if step is None:
+            other = self.latest.latest_step() if which == "best" else self.best.latest_step()
+            if other is not None:
+                alt = "latest" if which == "best" else "best"
+                raise UserError(f"{self.run_dir} has no {which} checkpoint ({'best' if which == 'best' else 'checkpoints'}/ "
+                                f"is empty); use --checkpoint {alt} (step {other})")
             raise UserError(f"{self.run_dir} has no checkpoints yet; train it first (seqgen train ... "
                             f"--run-dir {self.run_dir})")
         return mgr, step
 
     def restore(self, which: str | int, params_like, train_like=None):
         """(step, params, train_state or None, meta). `*_like`: pytrees of arrays or
-        jax.ShapeDtypeStruct giving structure, shapes and shardings."""
+        jax.ShapeDtypeStruct giving structure, shapes and shardings. For "latest", a corrupt newest
+        checkpoint falls back to the previous one, saying so on stderr."""
         mgr, step = self._resolve(which)
         items = {"params": ocp.args.StandardRestore(params_like), "meta": ocp.args.JsonRestore()}
         if train_like is not None:
             items["train"] = ocp.args.StandardRestore(train_like)
-        try:
-            out = mgr.restore(step, args=ocp.args.Composite(**items))
-        except UserError:
-            raise
-        except Exception as e:  # orbax raises many types for corrupt or mismatched data
-            msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            raise UserError(f"checkpoint {step} in {self.run_dir} cannot be restored ({msg}); it is "
-                            "corrupt or from a model of another shape") from None
-        return step, out["params"], (out["train"] if train_like is not None else None), out["meta"]
+        candidates = [step] + (sorted((s for s in mgr.all_steps() if s < step), reverse=True) if which == "latest" else [])
+        first_error = None
+        for s in candidates:
+            try:
+                out = mgr.restore(s, args=ocp.args.Composite(**items))
+            except Exception as e:  # orbax raises many types for corrupt or mismatched data
+                first_error = first_error or _describe(e)
+                continue
+            if s != step:
+                print(f"warning: checkpoint {step} in {self.run_dir} cannot be restored ({first_error}); "
+                      f"using the previous one, step {s}", file=sys.stderr)
+            return s, out["params"], (out["train"] if train_like is not None else None), out["meta"]
+        raise UserError(f"checkpoint {step} in {self.run_dir} cannot be restored ({first_error}); it is "
+                        "corrupt or from a model of another shape")
+
+
+def _describe(e: Exception) -> str:
+    """A short, readable reason: the first line, without reprs of bound methods and other objects."""
+    msg = str(e).splitlines()[0] if str(e) else ""
+    msg = re.sub(r"<[^<>]*>", "…", msg)[:160]
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
 def abstract(tree):

@@ -154,6 +154,9 @@ def main(argv=None) -> int:
         args.func(args)
     except UserError as e:
         print(f"seqgen {args.cmd}: error: {e}", file=sys.stderr)
+        # Background checkpoint threads may still hold exceptions that Python would print at exit as
+        # "Exception ignored in ..."; the one line above already said what went wrong.
+        sys.unraisablehook = lambda unraisable: None
         return 2
     except KeyboardInterrupt:
         print(f"seqgen {args.cmd}: interrupted", file=sys.stderr)

@@ -129,7 +129,7 @@ def _restore(run_dir: str, checkpoint: str):
 
     run = RunDir(run_dir)
     cfg = run.load_config()
-    if not (run.path / "checkpoints").is_dir():
+    if not ((run.path / "checkpoints").is_dir() or (run.path / "best").is_dir()):
         raise UserError(f"{run.path} has no checkpoints yet; train it first (seqgen train ... --run-dir {run.path})")
     vocab = Vocab.load(run.path / "vocab.json")
     like = jax.eval_shape(lambda: init_params(cfg.model, 0))

@@ -2,6 +2,7 @@
 spread, JSON written. PyTorch is part of CI's set-up (.ci/run installs the CPU wheel), so a missing
 torch fails here instead of skipping."""
 import json
+import os
 import subprocess
 import sys
 
@@ -14,7 +15,8 @@ import harness  # noqa: E402
 def test_throughput_harness_smoke(tmp_path):
     out = tmp_path / "t.json"
     p = subprocess.run([sys.executable, "benchmarks/throughput.py", "--smoke", "--json", str(out)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, SEQGEN_CPU_DEVICES="1"))  # the harness, not the devices, is under test
     assert p.returncode == 0, p.stderr[-2000:]
     d = json.loads(out.read_text())
     assert {r["kind"] for r in d["rows"]} == {"train", "epoch", "sample"}

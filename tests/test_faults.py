@@ -92,7 +92,8 @@ def test_flags_that_used_to_pass_validation_and_crash(run, tmp_path):
 def test_resume_refuses_what_differs_and_records_new_epochs(run, tmp_path):
     c = _copy(run, tmp_path)
     one_line_error(*run_cli("train", "ndfa", "--run-dir", c, "--resume"), "brackets")
-    one_line_error(*run_cli("train", "brackets", "--run-dir", c, "--resume", "--lr", "0.5"), "--lr")
+    one_line_error(*run_cli("train", "brackets", "--run-dir", c, "--resume", "--lr", "0.5", "--clip", "1"),
+                   "--lr", "--clip")
     rc, out, err = run_cli("train", "brackets", "--run-dir", c, "--resume", "--epochs", "2")
     assert rc == 0, err
     assert json.loads((c / "config.json").read_text())["train"]["epochs"] == 2
@@ -169,3 +170,45 @@ def test_eval_on_a_read_only_run_still_reports(monkeypatch, tmp_path):
     assert info["floor_bits_per_token"] == pytest.approx(ds.language.entropy().bits_per_token)
     assert info["split_tokens"] == sum(len(ds.strings("test")[i]) + 1 for i in ds.subset("test", 40, 1))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def run2(tmp_path_factory):
+    r = tmp_path_factory.mktemp("faults2") / "run"
+    rc, out, err = run_cli("train", "brackets", "--run-dir", r, *TINY[:-4], "--epochs", "2", "--max-tokens", "2000")
+    assert rc == 0, err
+    return r
+
+
+def _steps(d):
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit())
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(run2, tmp_path):
+    c = _copy(run2, tmp_path)
+    newest = max(_steps(c / "checkpoints"))
+    for f in (c / "checkpoints" / str(newest)).rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "params" in str(f):
+            f.write_bytes(b"garbage")
+    rc, out, err = run_cli("sample", c, "--n", "3")
+    assert rc == 0, err
+    assert f"checkpoint {newest}" in err and "using the previous one" in err and "Traceback" not in err
+    assert len(out.splitlines()) == 3
+
+
+def test_resume_from_a_checkpoint_older_than_best(run2, tmp_path):
+    c = _copy(run2, tmp_path)
+    steps = _steps(c / "checkpoints")
+    shutil.rmtree(c / "checkpoints" / str(max(steps)))  # as the corrupt-checkpoint message invites
+    best_before = _steps(c / "best")
+    rc, out, err = run_cli("train", "brackets", "--run-dir", c, "--resume")
+    assert rc == 0, err[-2000:]
+    assert max(_steps(c / "checkpoints")) == max(steps) and _steps(c / "best")
+    assert f"resumed from step {min(steps)}" in out and best_before
+
+
+def test_an_empty_best_folder_names_the_other_choice(run2, tmp_path):
+    c = _copy(run2, tmp_path)
+    for p in (c / "best").iterdir():
+        shutil.rmtree(p)
+    one_line_error(*run_cli("sample", c, "--checkpoint", "best"), "--checkpoint latest")

@@ -77,6 +77,17 @@ def test_bad_archives_give_clear_errors(tmp_path, monkeypatch):
         with pytest.raises(UserError) as e:
             load_corpus(path)
         assert want.split(" (")[0] in str(e.value)
+    # Damaged near its end: tarfile stops at the bad header without an error; the loader must notice.
+    whole = _archive(tmp_path / "whole.tar", _small_files(n=10, unsup=False), mode="w")
+    data = bytearray(whole.read_bytes())
+    with tarfile.open(whole) as tf:
+        members = tf.getmembers()
+    at = members[len(members) * 3 // 4].offset  # a header block three quarters in
+    data[at:at + 512] = b"\x07" * 512
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="incomplete or damaged"):
+        load_corpus(cut)
     monkeypatch.delenv("SEQGEN_IMDB", raising=False)
     with pytest.raises(UserError, match="SEQGEN_IMDB"):
         load_corpus(None)

@@ -113,6 +113,14 @@ def _read_reviews(src: Path) -> dict:
         if not out[split]:
             raise UserError(f"{src} holds no aclImdb/{split}/{{pos,neg}}/*.txt reviews; {HOW_TO_GET}")
         out[split].sort(key=lambda r: (r[0], r[1]))
+    # The corpus is balanced: 12,500 reviews per split and polarity in the official archive, n each in
+    # any faithful subset. tarfile stops at a damaged header without an error, so a short read shows
+    # only here; it is refused (and so never cached) instead of loading as a smaller corpus.
+    counts = {(sp, pol): sum(1 for r in out[sp] if r[0] == lab) for sp in out for pol, lab in (("pos", 1), ("neg", 0))}
+    if len(set(counts.values())) != 1:
+        found = ", ".join(f"{sp}/{pol} {n:,}" for (sp, pol), n in counts.items())
+        raise UserError(f"{src} is incomplete or damaged: the four review folders should hold the same number "
+                        f"of reviews (12,500 each in the official archive), found {found}; {HOW_TO_GET}")
     return out
 
 

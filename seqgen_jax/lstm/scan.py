@@ -46,7 +46,7 @@ def _recurrence(unroll: int, dtype, masked: bool):
 
         def step(carry, xs):
             h, c = carry
-            g_t, t_idx = xs
+            g_t, t_idx = xs if masked else (xs, None)
             t = jnp.tanh(g_t + dot(h, w_s, dtype))  # (B, 4H)
             i, f, o = 0.5 * t[:, :H] + 0.5, 0.5 * t[:, H:2 * H] + 0.5, 0.5 * t[:, 3 * H:] + 0.5
             c_new = f * c + i * t[:, 2 * H:3 * H]
@@ -57,7 +57,9 @@ def _recurrence(unroll: int, dtype, masked: bool):
             return (h_new, c_new), (h_new, c_new, t)
 
         T = gx.shape[0]
-        _, (hs, cs, ts) = jax.lax.scan(step, (h0, c0), (gx, jnp.arange(T)), unroll=max(1, min(unroll, T)))
+        # The step index rides along only when masking needs it: the unmasked loop is the plain graph.
+        xs = (gx, jnp.arange(T)) if masked else gx
+        _, (hs, cs, ts) = jax.lax.scan(step, (h0, c0), xs, unroll=max(1, min(unroll, T)))
         return hs, cs, ts
 
     @jax.custom_vjp
@@ -80,7 +82,7 @@ def _recurrence(unroll: int, dtype, masked: bool):
 
         def step(carry, xs):
             dh_next, dc_next = carry
-            dh_out, t, c, cp, t_idx = xs
+            dh_out, t, c, cp, t_idx = xs if masked else (*xs, None)
             t0, t1, t2, t3 = t[:, :H], t[:, H:2 * H], t[:, 2 * H:3 * H], t[:, 3 * H:]
             dh_tot = dh_out + dh_next
             if masked:
@@ -103,8 +105,9 @@ def _recurrence(unroll: int, dtype, masked: bool):
                 dc_prev = jnp.where(m, dc_prev, dc_next)
             return (dh_prev, dc_prev), dg
 
-        (dh0, dc0), dgs = jax.lax.scan(step, (jnp.zeros_like(h0), d_cT), (d_hs, ts, cs, c_prev, jnp.arange(T)),
-                                       reverse=True, unroll=max(1, min(unroll, T)))
+        xs = (d_hs, ts, cs, c_prev) + ((jnp.arange(T),) if masked else ())
+        (dh0, dc0), dgs = jax.lax.scan(step, (jnp.zeros_like(h0), d_cT), xs, reverse=True,
+                                       unroll=max(1, min(unroll, T)))
         h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # (T, B, H)
         B = hs.shape[1]
         d_w = dot(h_prev.reshape(T * B, H).T, dgs.reshape(T * B, 4 * H), dtype)
