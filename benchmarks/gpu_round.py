@@ -91,7 +91,8 @@ def part_env(ctx: Ctx) -> None:
 
     devs = jax.devices()
     info = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": [d.device_kind for d in devs],
-            "pallas_default_lowering": "mosaic_gpu" if jax.config.jax_pallas_use_mosaic_gpu else "triton",
+            "pallas_default_lowering": {True: "mosaic_gpu", False: "triton", None: "unknown"}[
+                getattr(jax.config, "jax_pallas_use_mosaic_gpu", None)],
             "pallas_lowering_used": "triton (pallas.triton.CompilerParams)",
             "python": sys.version.split()[0], "date": datetime.date.today().isoformat()}
     try:
