@@ -192,19 +192,18 @@ def synthetic_sample_metrics(scorer, ds, *, n, temperatures, seed, max_len, trai
     for t in temperatures:
         texts, ended, lengths = scorer.sample(n, t, seed, max_len)
         st = valid_stats(lang, texts, ended, train_set)
-        valid = st["valid"]
         out["valid_rate"][tkey(t)] = st["valid_rate"]
         out["valid_rate_ci"][tkey(t)] = st["valid_rate_ci"]
         out["unterminated_rate"][tkey(t)] = st["unterminated_rate"]
         if float(t) == 1.0:
-            texts_t1, ended_t1, valid_t1, lengths_t1 = texts, ended, valid, lengths
+            texts_t1, ended_t1, lengths_t1, st_t1 = texts, ended, lengths, st
     if texts_t1 is not None:
         pmf, _ = lang.length_pmf(max_len)
         capped = np.where(ended_t1, np.minimum(lengths_t1, max_len), max_len)
         emp = np.bincount(capped, minlength=max_len + 1)[: max_len + 1] / len(texts_t1)
         out["length_tv"] = float(0.5 * np.abs(emp - pmf).sum())
         if train_set is not None:
-            out["novel_rate"] = valid_stats(lang, texts_t1, ended_t1, train_set)["novel_rate"]
+            out["novel_rate"] = st_t1["novel_rate"]
     return out
 
 
