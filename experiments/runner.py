@@ -76,18 +76,11 @@ def _train_one(args: tuple) -> dict:
     return row
 
 
-FLAG = {"model.embed": "--embed", "model.hidden": "--hidden", "model.layers": "--layers", "model.dropout": "--dropout",
-        "train.lr": "--lr", "train.epochs": "--epochs", "train.max_tokens": "--max-tokens", "data.n_train": "--n-train",
-        "train.max_time": "--max-time", "data.chunk": "--chunk", "train.schedule": "--schedule",
-        "model.precision": "--precision", "data.n_val": "--n-val", "data.n_test": "--n-test", "data.imdb": "--imdb"}
-
-
 def _flags(overrides: dict) -> list[str]:
+    """Every config field by its dotted name (`seqgen train --set`), so a study can set any of them."""
     out = []
     for k, v in overrides.items():
-        if k not in FLAG:
-            raise KeyError(f"no command-line flag for {k}")
-        out += [FLAG[k], str(v)]
+        out += ["--set", f"{k}={v}"]
     return out
 
 

@@ -17,7 +17,30 @@ import orbax.checkpoint as ocp
 
 from .errors import UserError
 
-logging.getLogger("absl").setLevel(logging.ERROR)
+logging.getLogger("absl").setLevel(logging.CRITICAL)  # orbax logs background failures the caller reports
+# A failed background write (full disk) is reported once, as one line, by the caller; asyncio would
+# also log it as "Task exception was never retrieved" with a page of tensorstore spec.
+logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+_OPEN: "weakref.WeakSet[Checkpointer]" = None  # set below, once the class exists
+
+
+def is_disk_full(e: BaseException) -> bool:
+    text = f"{type(e).__name__}: {e}"
+    return getattr(e, "errno", None) == 28 or "No space left" in text or "RESOURCE_EXHAUSTED: Error writing" in text
+
+
+def settle(run_dir) -> None:
+    """After a failure: let this run's background checkpoint writes end (their errors ignored) and
+    remove orbax's temporary folders, so the last complete checkpoint is what --resume finds."""
+    for ck in list(_OPEN):
+        if ck.run_dir == Path(run_dir):
+            for mgr in (ck.latest, ck.best):
+                try:
+                    mgr.wait_until_finished()
+                except Exception:
+                    pass
+            ck._remove_temporaries()
 
 
 def _manager(path: Path, keep: int, create: bool) -> ocp.CheckpointManager:
@@ -32,9 +55,41 @@ class Checkpointer:
         self.primary = primary
         self.latest = _manager(self.run_dir / "checkpoints", keep, create)
         self.best = _manager(self.run_dir / "best", 1, create)
+        _OPEN.add(self)
 
     def save(self, step: int, params, train_state, meta: dict, best: bool = False) -> None:
-        """Asynchronous: returns once the arrays are copied off the device; `wait()` before exit."""
+        """Asynchronous: returns once the arrays are copied off the device; `wait()` before exit.
+        A full disk (now or in the previous save's background write) becomes one UserError, with
+        orbax's temporary folders removed: the last complete checkpoint stays the latest."""
+        with self._disk_guard(step):
+            self._save(step, params, train_state, meta, best)
+
+    def _disk_guard(self, step: int):
+        import contextlib
+
+        @contextlib.contextmanager
+        def guard():
+            try:
+                yield
+            except Exception as e:  # orbax wraps ENOSPC in ValueError / OSError from its threads
+                if not is_disk_full(e):
+                    raise
+                settle(self.run_dir)
+                raise UserError(f"the disk is full: checkpoint {step} could not be written under {self.run_dir} "
+                                "(its temporary files were removed); free space, then continue with --resume") from None
+        return guard()
+
+    def _remove_temporaries(self) -> None:
+        import shutil
+
+        for sub in ("checkpoints", "best"):
+            d = self.run_dir / sub
+            if d.is_dir():
+                for p in d.iterdir():
+                    if "orbax-checkpoint-tmp" in p.name:
+                        shutil.rmtree(p, ignore_errors=True)
+
+    def _save(self, step: int, params, train_state, meta: dict, best: bool = False) -> None:
         args = ocp.args.Composite(params=ocp.args.StandardSave(params),
                                   train=ocp.args.StandardSave(train_state),
                                   meta=ocp.args.JsonSave(meta))
@@ -47,8 +102,9 @@ class Checkpointer:
             mgr.save(step, args=args, force=True)
 
     def wait(self) -> None:
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        with self._disk_guard(self.latest.latest_step() or 0):
+            self.latest.wait_until_finished()
+            self.best.wait_until_finished()
 
     def close(self) -> None:
         self.latest.close()
@@ -95,6 +151,7 @@ class Checkpointer:
         for s in candidates:
             try:
                 out = mgr.restore(s, args=ocp.args.Composite(**items))
+                _check_meta(out["meta"])
             except Exception as e:  # orbax raises many types for corrupt or mismatched data
                 first_error = first_error or _describe(e)
                 continue
@@ -104,6 +161,21 @@ class Checkpointer:
             return s, out["params"], (out["train"] if train_like is not None else None), out["meta"]
         raise UserError(f"checkpoint {step} in {self.run_dir} cannot be restored ({first_error}); it is "
                         "corrupt or from a model of another shape")
+
+
+import weakref  # noqa: E402
+
+_OPEN = weakref.WeakSet()
+
+
+def _check_meta(meta) -> None:
+    """The JSON item: where in the run the checkpoint was taken. Wrong types would surface later as
+    a TypeError deep in the loop; here they make the checkpoint count as corrupt."""
+    ok = (isinstance(meta, dict) and all(isinstance(meta.get(k), int) and not isinstance(meta.get(k), bool)
+                                         and meta[k] >= 0 for k in ("epoch", "batch"))
+          and isinstance(meta.get("best_val", 0.0), (int, float)) and not isinstance(meta.get("best_val"), bool))
+    if not ok:
+        raise ValueError(f"its meta item is damaged ({str(meta)[:80]})")
 
 
 def _describe(e: Exception) -> str:

@@ -37,6 +37,17 @@ def cmd_data(a) -> None:
     from .config import DataConfig
 
     name, _ = parse_spec(a.name)
+    if name == "text":
+        ds = build_dataset(DataConfig(name=a.name, seed=a.seed, char=a.unit != "word", split=a.split))
+        st = ds.info["stream"]
+        out = {"dataset": ds.spec, "unit": ds.info["unit"], "fractions": ds.info["fractions"],
+               "n_train": len(st["train"]), "n_val": len(st["val"]), "n_test": len(st["test"]),
+               "documents": ds.info["n_docs"], "vocab_size": len(ds.vocab),
+               "unigram_bits_per_token": ds.info["unigram_bits_per_token"], "cache": ds.info["cache"]}
+        if not a.stats:
+            raise UserError("seqgen data text:PATH prints corpus statistics only; add --stats")
+        _emit(out, a.json)
+        return
     if name == "imdb":
         if not a.stats:
             raise UserError("seqgen data imdb prints corpus statistics only; add --stats")
@@ -50,9 +61,9 @@ def cmd_data(a) -> None:
     strings = course_strings(lang, n, a.seed) if a.course else lang.strings(n, a.seed)
     if a.stats:
         e = lang.entropy()
-        lengths = [len(s) for s in strings]
+        lengths = [len(lang.tokens(s)) for s in strings]
         out = {"dataset": lang.spec, **e.to_json(), "mean_length": sum(lengths) / len(lengths),
-               "max_length_seen": max(lengths), "n": n, "alphabet": "".join(lang.alphabet)}
+               "max_length_seen": max(lengths), "n": n, "alphabet": lang.render(lang.alphabet)}
         _emit(out, a.json)
         return
     text = "\n".join(strings) + "\n"
@@ -78,8 +89,14 @@ def cmd_score(a) -> None:
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read {a.file}: {e}") from None
     rows = []
-    for s in lines:
-        lp = lang.log2_prob(s)
+    alphabet = set(lang.alphabet)
+    for no, s in enumerate(lines, 1):
+        bad = sorted(set(lang.tokens(s)) - alphabet)
+        if bad and a.name.split(":")[0].lower() in ("pcfg", "pfsa"):
+            raise UserError(f"{a.file} line {no}: symbol(s) {' '.join(map(repr, bad[:5]))} are not in the "
+                            f"alphabet of {lang.spec} ({' '.join(lang.alphabet[:20])})")
+    for s, lp in zip(lines, lang.log2_probs(lines)):
+        lp = float(lp)
         rows.append({"text": s, "valid": lp > -math.inf, "log2_prob": lp if lp > -math.inf else None})
     valid = [r["log2_prob"] for r in rows if r["valid"]]
     summary = {"dataset": lang.spec, "n": len(rows), "valid_rate": len(valid) / max(len(rows), 1),
@@ -116,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("data", help="print strings or statistics of a dataset")
-    d.add_argument("name", help="dataset spec: ndfa, brackets[:p=..], toy, imdb")
+    d.add_argument("name", help="dataset spec: ndfa, brackets[:p=..], toy, pcfg:FILE, pfsa:FILE, imdb, text:PATH")
     d.add_argument("--n", type=_positive_int, default=None, help="number of strings (default 150,000)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--course", action="store_true", help="the course's list: seeded draws sorted by length")
@@ -124,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--stats", action="store_true", help="entropy floor and length statistics")
     d.add_argument("--json", action="store_true")
     d.add_argument("--imdb", help="IMDb archive or folder (else $SEQGEN_IMDB)")
+    d.add_argument("--unit", choices=("char", "word"), default="char", help="text:PATH tokens")
+    d.add_argument("--split", default="0.9,0.05,0.05", help="text:PATH train,val,test fractions")
     d.set_defaults(func=cmd_data)
 
     s = sub.add_parser("score", help="validity and true log2-probability of each line of a file")
@@ -148,21 +167,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_background_threads() -> None:
+    """Background checkpoint threads may still hold exceptions that Python would print at exit
+    ("Exception ignored in ...", "Event loop is closed"); the one line already said what went wrong."""
+    import threading
+
+    sys.unraisablehook = lambda unraisable: None
+    threading.excepthook = lambda args: None
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except UserError as e:
         print(f"seqgen {args.cmd}: error: {e}", file=sys.stderr)
-        # Background checkpoint threads may still hold exceptions that Python would print at exit as
-        # "Exception ignored in ..."; the one line above already said what went wrong.
-        sys.unraisablehook = lambda unraisable: None
+        _quiet_background_threads()
         return 2
     except KeyboardInterrupt:
         print(f"seqgen {args.cmd}: interrupted", file=sys.stderr)
         return 130
+    except IsADirectoryError as e:
+        _quiet_background_threads()
+        print(f"seqgen {args.cmd}: error: {e.filename} is a directory where seqgen expects a file; move it "
+              "away (a damaged run directory?)", file=sys.stderr)
+        return 2
     except OSError as e:
         # Disk full, a missing or read-only folder: one line; atomic writes have left no partial file.
+        _quiet_background_threads()
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         print(f"seqgen {args.cmd}: error: {e.strerror or e}{where}; free space or choose another path",
               file=sys.stderr)

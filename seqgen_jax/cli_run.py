@@ -1,6 +1,7 @@
 """`seqgen train | sample | eval` (kept apart so `seqgen data` never imports JAX)."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -11,7 +12,7 @@ from .lstm import NAMES
 
 def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train an LSTM on a dataset into a run directory")
-    t.add_argument("name", help="dataset spec: ndfa, brackets[:p=..], toy, imdb")
+    t.add_argument("name", help="dataset spec: ndfa, brackets[:p=..], toy, pcfg:FILE, pfsa:FILE, imdb, text:PATH")
     t.add_argument("--run-dir", help="run directory (default runs/NAME)")
     g = t.add_argument_group("model (defaults: the dataset's preset, see README)")
     g.add_argument("--embed", type=int)
@@ -38,7 +39,18 @@ def _add_train(sub) -> None:
     g.add_argument("--n-test", type=int)
     g.add_argument("--data-seed", type=int, help="synthetic data seed (0 = the course's list)")
     g.add_argument("--imdb", help="IMDb archive, folder or course pickle (else $SEQGEN_IMDB)")
-    g.add_argument("--chunk", type=int, help="train on windows of at most this many tokens")
+    g.add_argument("--chunk", type=int, help="train on windows of at most this many tokens (text: default 128)")
+    g.add_argument("--unit", choices=("char", "word"), help="text:PATH / imdb tokens: characters or whitespace words")
+    g.add_argument("--voc", type=int, help="keep the K most frequent tokens of the training split, the rest .unk")
+    g.add_argument("--split", help="text:PATH: contiguous train,val,test fractions (default 0.9,0.05,0.05)")
+    g.add_argument("--carry-state", action=argparse.BooleanOptionalAction, default=None,
+                   help="text:PATH: carry the LSTM state across windows (truncated BPTT; default on)")
+    g.add_argument("--eval-every", type=int, help="text:PATH: also score val every N steps")
+    g.add_argument("--sample-every", type=int, help="print a short sample every N steps")
+    g = t.add_argument_group("any setting")
+    g.add_argument("--config", help="a run configuration as JSON, whole or in part: {\"model\": {\"hidden\": 64}}")
+    g.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="any config field by its dotted name, e.g. --set model.hidden=300 (repeatable; wins over flags)")
     g = t.add_argument_group("multi-host (JAX's own runtime)")
     g.add_argument("--coordinator", help="host:port of process 0")
     g.add_argument("--num-processes", type=int)
@@ -52,18 +64,57 @@ FLAG_TO_FIELD = {
     "lr": "train.lr", "schedule": "train.schedule", "epochs": "train.epochs", "max_tokens": "train.max_tokens",
     "clip": "train.clip", "seed": "train.seed", "log_every": "train.log_every", "devices": "train.devices",
     "n_train": "data.n_train", "n_val": "data.n_val", "n_test": "data.n_test", "data_seed": "data.seed",
-    "imdb": "data.imdb", "chunk": "data.chunk",
+    "imdb": "data.imdb", "chunk": "data.chunk", "voc": "data.voc", "split": "data.split",
+    "carry_state": "data.carry_state", "eval_every": "train.eval_every", "sample_every": "train.sample_every",
 }
+
+
+def absolute_spec(spec: str) -> str:
+    """`text:`/`pcfg:`/`pfsa:` paths made absolute, so the run's config.json works from any folder."""
+    import os
+
+    from .data import PATH_KINDS
+
+    kind, sep, rest = spec.partition(":")
+    if sep and kind.lower() in PATH_KINDS and rest:
+        return f"{kind.lower()}:{os.path.abspath(os.path.expanduser(rest))}"
+    return spec
 
 
 def config_from_args(a):
     from .config import parse_duration
     from .presets import preset_config
 
+    a.name = absolute_spec(a.name)
+    if a.imdb is not None:  # a relative path must keep working from another folder
+        import os
+
+        a.imdb = os.path.abspath(os.path.expanduser(a.imdb))
+    from .config import load_config_file, parse_setting
+
     cfg = preset_config(a.name)
-    given = {FLAG_TO_FIELD[k]: v for k, v in vars(a).items() if k in FLAG_TO_FIELD and v is not None}
+    given = {}
+    if a.config:
+        filed = load_config_file(a.config, cfg)
+        given.update({f"{sec}.{f}": v for sec in ("data", "model", "train")
+                      for f, v in vars(getattr(filed, sec)).items() if v != getattr(getattr(cfg, sec), f)})
+    given.update({FLAG_TO_FIELD[k]: v for k, v in vars(a).items() if k in FLAG_TO_FIELD and v is not None})
+    if a.unit is not None:
+        given["data.char"] = a.unit == "char"
     if a.max_time is not None:
         given["train.max_time"] = parse_duration(a.max_time)
+    for item in a.set:
+        key, eq, text = item.partition("=")
+        if not eq:
+            raise UserError(f"--set {item!r} must be SECTION.FIELD=VALUE, e.g. model.hidden=300")
+        key = key.strip()
+        if key == "data.name":
+            raise UserError("--set data.name: give the dataset as the positional argument")
+        given[key] = parse_setting(cfg, key, text)
+    if given.get("data.imdb"):  # a relative path must keep working from another folder
+        import os
+
+        given["data.imdb"] = os.path.abspath(os.path.expanduser(given["data.imdb"]))
     return cfg.override(**given), given
 
 
@@ -72,7 +123,8 @@ def cmd_train(a) -> None:
 
     cfg, given = config_from_args(a)
     validate(cfg)
-    run_dir = Path(a.run_dir or Path("runs") / a.name.split(":")[0])
+    run_dir = Path(a.run_dir or Path("runs") / (Path(a.name.split(":", 1)[1]).stem if ":" in a.name and
+                                                 a.name.split(":")[0] in ("text", "pcfg", "pfsa") else a.name.split(":")[0]))
     from . import sharding
 
     if a.coordinator is None and (a.num_processes is not None or a.process_id is not None):
@@ -106,12 +158,14 @@ def cmd_train(a) -> None:
                             f"seqgen train {saved.data.name} --run-dir {run_dir} --resume")
         # Settings not given on the command line come from the run itself; only the length of the run
         # (--epochs, --max-time) may change, and a new --epochs is written to config.json.
-        cfg = saved.override(**{k: v for k, v in given.items() if k in ("train.epochs", "train.max_time")})
-        clash = [k for k, v in given.items() if k not in ("train.epochs", "train.max_time")
+        # --imdb may point at a moved archive: it is where the corpus is, not a setting of the run.
+        movable = ("train.epochs", "train.max_time", "data.imdb")
+        cfg = saved.override(**{k: v for k, v in given.items() if k in movable})
+        clash = [k for k, v in given.items() if k not in movable
                  and v != getattr(getattr(saved, k.split(".")[0]), k.split(".")[1])]
         if clash:
-            flags = {v: k for k, v in FLAG_TO_FIELD.items()}
-            raise UserError(f"--resume: {', '.join('--' + flags[k].replace('_', '-') for k in clash)} "
+            flags = {v: "--" + k.replace("_", "-") for k, v in FLAG_TO_FIELD.items()}
+            raise UserError(f"--resume: {', '.join(flags.get(k, '--set ' + k) for k in clash)} "
                             f"differ from the run's config.json; resume with the saved settings or use a new --run-dir")
     rec = train(cfg, run_dir, resume=a.resume)
     if rec:
@@ -139,6 +193,25 @@ def _restore(run_dir: str, checkpoint: str):
     return cfg, vocab, params, step
 
 
+def _with_imdb_source(cfg, flag: str | None):
+    """Where an IMDb run's corpus is now: --imdb, else the path the run was trained with if it still
+    exists, else $SEQGEN_IMDB (so a moved archive needs no edit of config.json)."""
+    import os
+    from dataclasses import replace
+
+    if cfg.data.name.split(":")[0] != "imdb":
+        if flag is not None:
+            raise UserError(f"--imdb applies to IMDb runs; this run trains {cfg.data.name}")
+        return cfg
+    if flag is not None:
+        src = os.path.abspath(os.path.expanduser(flag))
+    elif cfg.data.imdb and Path(cfg.data.imdb).exists():
+        src = cfg.data.imdb
+    else:
+        src = None  # resolve_source reads $SEQGEN_IMDB, or says how to get the corpus
+    return replace(cfg, data=replace(cfg.data, imdb=src))
+
+
 def cmd_sample(a) -> None:
     import jax
 
@@ -149,13 +222,13 @@ def cmd_sample(a) -> None:
     top_k = a.top_k or 0
     check_sampling_args(a.n, a.temperature, top_k, a.max_len)
     cfg, vocab, params, step = _restore(a.run, a.checkpoint)
-    lang = None
-    if cfg.data.name.split(":")[0] != "imdb":
-        from .data import get_language
+    from .data import CORPORA, get_language
 
-        lang = get_language(cfg.data.name)
+    kind = cfg.data.name.split(":")[0]
+    lang = None if kind in CORPORA else get_language(cfg.data.name)
     s = sample(params, cfg.model, vocab, n=a.n, key=jax.random.key(a.seed), temperature=a.temperature,
-               top_k=top_k, prompt=a.prompt, max_len=a.max_len, unk_seen=cfg.data.voc is not None)
+               top_k=top_k, prompt=a.prompt, max_len=a.max_len, unk_seen=cfg.data.voc is not None,
+               stream=kind == "text")
     for text, ended in zip(s.texts(vocab), s.ended):
         if a.format == "text":
             print(text)
@@ -189,6 +262,7 @@ def cmd_eval(a) -> None:
     if a.limit is not None and a.limit < 1:
         raise UserError(f"--limit {a.limit} must be >= 1")
     cfg, vocab, params, step = _restore(a.run, a.checkpoint)
+    cfg = _with_imdb_source(cfg, a.imdb)
     ds = build_dataset(cfg.data)
     out = evaluate(params, cfg, ds, split=a.split, limit=a.limit, samples=a.samples, temperatures=temps,
                    max_len=a.max_len, seed=a.seed, run_dir=Path(a.run))
@@ -229,5 +303,6 @@ def add_commands(sub) -> None:
     e.add_argument("--temperatures", default="0,0.5,1")
     e.add_argument("--max-len", type=int, default=1000)
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--imdb", help="IMDb runs: where the archive is now (else the trained path, else $SEQGEN_IMDB)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)

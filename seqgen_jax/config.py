@@ -23,7 +23,9 @@ class DataConfig:
     char: bool = True  # imdb: characters (else words)
     voc: int | None = None  # imdb: keep the K most frequent tokens
     keep_br: bool = False  # imdb: keep `<br />` instead of '\n'
-    chunk: int | None = None  # train on windows of at most this many tokens (long IMDb reviews)
+    chunk: int | None = None  # train on windows of at most this many tokens (long IMDb reviews; text streams)
+    split: str = "0.9,0.05,0.05"  # text:PATH: contiguous train,val,test fractions of the stream
+    carry_state: bool = True  # text:PATH: carry the LSTM state from one window to the next (truncated BPTT)
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class TrainConfig:
     max_buckets: int = 12
     eval_samples: int = 200  # per-epoch samples for validity (synthetic datasets)
     devices: str = "all"  # all | N: data-parallel over a 1-D mesh
+    eval_every: int = 0  # text streams: also score val every N steps (0 = after each epoch only)
+    sample_every: int = 0  # print a short sample every N steps (0 = never)
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,60 @@ class RunConfig:
         return replace(self, **parts)
 
 
+def parse_setting(cfg: RunConfig, key: str, text: str) -> Any:
+    """`--set model.hidden=300`: the text typed from the field's annotation ('int', 'float | None', ...)."""
+    section, _, name = key.partition(".")
+    parts = {"data": cfg.data, "model": cfg.model, "train": cfg.train}
+    f = {x.name: x for x in fields(parts[section])}.get(name) if section in parts else None
+    if f is None:
+        raise UserError(f"unknown setting {key!r}; use section.field, e.g. model.hidden (fields: "
+                        f"{', '.join(x.name for x in fields(parts.get(section, cfg.model)))})")
+    kinds = [a.strip() for a in str(f.type).split("|")]
+    t = text.strip()
+    if "None" in kinds and t.lower() in ("none", "null"):
+        return None
+    for kind in kinds:
+        try:
+            if kind == "bool" and t.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                return t.lower() in ("true", "1", "yes", "on")
+            if kind == "int":
+                return int(t)
+            if kind == "float":
+                return float(t)
+            if kind == "str":
+                return text
+        except ValueError:
+            continue
+    raise UserError(f"--set {key}={text}: expected {f.type}")
+
+
+def load_config_file(path: str, base: RunConfig) -> RunConfig:
+    """`--config FILE.json`: a whole run configuration or any part of one, e.g.
+    {"model": {"hidden": 64}, "train": {"lr": 0.01}}, laid over `base`."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--config {path}: cannot read it as JSON ({type(e).__name__}: {str(e)[:80]})") from None
+    if not isinstance(d, dict):
+        raise UserError(f"--config {path}: expected an object like {{\"model\": {{\"hidden\": 64}}}}")
+    dotted = {}
+    for section, body in d.items():
+        if section == "schema_version":
+            continue
+        if section not in ("data", "model", "train") or not isinstance(body, dict):
+            raise UserError(f"--config {path}: unknown section {section!r}; use data, model and train")
+        for k, v in body.items():
+            dotted[f"{section}.{k}"] = v
+    cfg = base.override(**dotted)
+    for section in (cfg.data, cfg.model, cfg.train):
+        for f in fields(section):
+            v = getattr(section, f.name)
+            if not _has_type(v, f.type):
+                raise UserError(f"--config {path}: {type(section).__name__}.{f.name} = {v!r} is not {f.type}")
+    return cfg
+
+
 def _has_type(v, annotation: str) -> bool:
     """Field annotations are strings here (postponed evaluation): 'int', 'float | None', 'str', ..."""
     ok = {"int": lambda x: isinstance(x, int) and not isinstance(x, bool),
@@ -132,10 +190,16 @@ def validate(cfg: RunConfig) -> None:
         (m.embed <= 1 << 20 and m.hidden <= 1 << 20 and m.layers <= 64,
          "--embed and --hidden must be <= 1,048,576 and --layers <= 64"),
         (cfg.data.chunk is None or cfg.data.chunk >= 2, "--chunk must be >= 2"),
+        (cfg.data.voc is None or cfg.data.voc >= 1, f"--voc {cfg.data.voc} must be >= 1"),
+        (t.eval_every >= 0 and t.sample_every >= 0, "--eval-every and --sample-every must be >= 0 (0 = off)"),
     ]
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
+    if cfg.data.name.split(":")[0].lower() == "text":
+        from .data.text import parse_split
+
+        parse_split(cfg.data.split)
     from .lstm import check_name
 
     check_name(m.backend)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .buckets import fixed_order, make_rows, pad_rows, plan_buckets
+from .data.base import LN2
 from .config import RunConfig
 from .data import Dataset
 from .data.ngram import best_ngram
@@ -22,7 +23,6 @@ from .io import atomic_write_json
 from .model import token_logprobs
 from .sample import sample
 
-LN2 = math.log(2.0)
 
 
 def tkey(t: float) -> str:
@@ -47,7 +47,8 @@ def score_sequences(params, cfg: RunConfig, seqs: Ragged, max_tokens: int | None
     at every position (len + 1 of them), batched on the same buckets as training."""
     fwd = _FORWARD_CACHE.setdefault(cfg.model, _make_forward(cfg))
     rows = make_rows(seqs)
-    plan = plan_buckets(rows.lengths - 1, max_tokens or cfg.train.max_tokens, cfg.train.max_buckets)
+    # Few shapes: each is a compilation (~0.3 s on CPU), and scoring is one pass, so padding is cheap.
+    plan = plan_buckets(rows.lengths - 1, max_tokens or cfg.train.max_tokens, min(cfg.train.max_buckets, 4))
     log2p = np.zeros(len(seqs))
     preds: list = [None] * len(seqs)
     for b, bk in enumerate(plan.buckets):
@@ -101,12 +102,13 @@ def truth_info(ds: Dataset, split: str, run_dir: Path | None = None, limit: int 
     strings = [every[i] for i in ds.subset(split, limit, seed)]
     if ds.language is not None:
         e = ds.language.entropy()
-        true_bits = [-ds.language.log2_prob(s) for s in strings]
+        true_bits = -ds.language.log2_probs(strings)
         info.update({"floor_bits_per_token": e.bits_per_token, "floor_exact": e.exact,
                      "floor_stderr_bits_per_token": e.stderr_bits_per_token,
-                     "split_true_bits": float(np.sum(true_bits)), "split_tokens": sum(len(s) + 1 for s in strings)})
+                     "split_true_bits": float(np.sum(true_bits)), "split_tokens": sum(len(ds.language.tokens(s)) + 1 for s in strings)})
         train = ds.train_strings
-        ng = best_ngram(train, strings, alphabet=ds.language.alphabet)
+        lang = ds.language
+        ng = best_ngram(train, strings, alphabet=lang.alphabet, tokens=None if lang.char else lang.tokens)
         info.update({"best_ngram_bits_per_token": ng["best_bits"], "best_ngram_order": ng["best_order"]})
     if path:
         try:
@@ -143,7 +145,7 @@ class OracleScorer:
 
     def score(self, seqs: Ragged):
         strings = [self.vocab.decode(seqs[i]) for i in range(len(seqs))]
-        log2p = np.array([self.lang.log2_prob(s) for s in strings])
+        log2p = self.lang.log2_probs(strings)
         preds = []
         for s in strings:
             row = []
@@ -175,7 +177,11 @@ def valid_stats(lang, texts, ended, train: set | None = None) -> dict:
     """Validity of samples, the one place it is computed: a sample counts as valid only if it ended
     (drew `.end` within the length cap) and the language accepts it; `novel_rate` is the share of valid
     samples that are not training strings."""
-    valid = [bool(e) and lang.accepts(x) for x, e in zip(texts, ended)]
+    ended = [bool(e) for e in ended]
+    # One batched truth call (a grammar scores all strings of one length together).
+    ok = lang.log2_probs([x for x, e in zip(texts, ended) if e]) > -math.inf
+    it = iter(ok)
+    valid = [bool(next(it)) if e else False for e in ended]
     k, n = int(sum(valid)), len(valid)
     out = {"valid": valid, "valid_rate": k / max(n, 1), "valid_rate_ci": wilson_interval(k, n),
            "unterminated_rate": float(1.0 - np.mean(ended)) if n else 0.0}
@@ -208,7 +214,47 @@ def synthetic_sample_metrics(scorer, ds, *, n, temperatures, seed, max_len, trai
 
 
 def evaluate(params, cfg: RunConfig, ds: Dataset, **kw) -> dict:
+    if ds.info.get("stream") is not None:
+        return evaluate_stream(params, cfg, ds, **kw)
     return evaluate_scorer(LSTMScorer(params, cfg, ds.vocab), ds, **kw)
+
+
+def evaluate_stream(params, cfg: RunConfig, ds: Dataset, *, split: str = "test", limit: int | None = None,
+                    samples: int = 1000, temperatures=(0.0, 0.5, 1.0), max_len: int = 1000, seed: int = 0,
+                    run_dir: Path | None = None) -> dict:
+    """A text corpus: the split scored as one stream with the state carried, and in nanoGPT's
+    64-token windows from a zero state; samples' repetition against random excerpts of the split.
+    `limit` scores a random contiguous excerpt of that many tokens."""
+    from .errors import UserError
+    from .sample import sample as draw
+    from .stream import stream_metrics
+
+    ids = ds.info["stream"][split]
+    if len(ids) < 2:
+        raise UserError(f"the {split} split of {ds.spec} is empty (--split {cfg.data.split}); evaluate --split val "
+                        "or train with a test fraction")
+    if limit is not None and limit + 1 < len(ids):
+        a = int(np.random.default_rng(seed).integers(0, len(ids) - limit))
+        ids = ids[a: a + limit + 1]
+    unit = ds.info["unit"]
+    out = {"split": split, "unit": unit, **stream_metrics(params, cfg, ids, unit=unit),
+           "unigram_bits_per_token": ds.info["unigram_bits_per_token"]}
+    stats = {"repetition_rate": {}, "distinct_4": {}}
+    n = min(samples, 200)  # repetition is a per-sample statistic; 200 long samples settle it
+    for t in temperatures:
+        key = jax.random.fold_in(jax.random.key(seed), int(round(t * 1000)))
+        s = draw(params, cfg.model, ds.vocab, n=n, key=key, temperature=t, max_len=max_len, stream=True,
+                 unk_seen=cfg.data.voc is not None)
+        st = text_stats(s.texts(ds.vocab))
+        stats["repetition_rate"][tkey(t)] = st["repetition_rate"]
+        stats["distinct_4"][tkey(t)] = st["distinct_4"]
+    out.update(stats)
+    # Real text cut into excerpts of the samples' length, drawn at random positions.
+    full = ds.info["stream"][split]
+    starts = np.random.default_rng(seed + 1).integers(0, max(1, len(full) - max_len), size=n)
+    ref = text_stats([ds.vocab.decode(full[a: a + max_len]) for a in starts])
+    out.update({"reference_repetition_rate": ref["repetition_rate"], "reference_distinct_4": ref["distinct_4"]})
+    return out
 
 
 def evaluate_scorer(scorer, ds: Dataset, *, split: str = "test", limit: int | None = None,

@@ -9,13 +9,19 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from .data.base import LN2
 
 
 def _save(fig, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written plot behind
+        raise
+    finally:
+        plt.close(fig)
 
 
 def plot_run(run_dir, cfg) -> None:
@@ -40,7 +46,7 @@ def plot_run(run_dir, cfg) -> None:
     a1.set(xlabel="epoch", ylabel="cross-entropy (bits/token)", title="Loss per epoch")
     a1.legend()
     if steps:
-        a2.plot([r["step"] for r in steps], [r["loss"] / 0.6931471805599453 for r in steps], lw=0.8)
+        a2.plot([r["step"] for r in steps], [r["loss"] / LN2 for r in steps], lw=0.8)
     a2.set(xlabel="step", ylabel="batch loss (bits/token)", title="Loss per logged step")
     _save(fig, run_dir / "loss.png")
 

@@ -107,26 +107,30 @@ def check_sampling_memory(n: int, max_len: int, cfg: ModelConfig) -> None:
     check_fits(need, f"sampling {n:,} x {max_len:,} tokens", "lower --n or --max-len")
 
 
+def stream_context(vocab: Vocab, prompt: str) -> np.ndarray:
+    """What a model trained on a raw stream (`text:PATH`, no `.start`) is primed with: the prompt, else
+    a newline (after which char-level text starts a fresh line: a speaker's name in a play), else
+    `.end`, which separates the documents of a multi-document corpus."""
+    if prompt:
+        return vocab.encode(prompt).astype(np.int32)
+    nl = vocab.w2i.get("\n")
+    return np.array([nl if nl is not None else END_ID], np.int32)
+
+
 def sample(params, cfg: ModelConfig, vocab: Vocab, *, n: int, key, temperature: float = 1.0,
            top_k: int = 0, prompt: str = "", max_len: int = 200, early_exit: bool = True,
-           unk_seen: bool = False) -> Samples:
-    """n samples from `.start` (+ prompt). `key` is a jax PRNG key; the same key gives the same samples.
-    `unk_seen`: the training data could contain `.unk` (a capped vocabulary), so it may be drawn."""
+           unk_seen: bool = False, stream: bool = False) -> Samples:
+    """n samples from `.start` (+ prompt), or for a stream-trained model from `stream_context`. `key` is
+    a jax PRNG key; the same key gives the same samples. `unk_seen`: the training data could contain
+    `.unk` (a capped vocabulary), so it may be drawn."""
     check_sampling_args(n, temperature, top_k, max_len)
     check_sampling_memory(n, max_len, cfg)
-    p = np.concatenate([[START_ID], vocab.encode(prompt)]).astype(np.int32)
+    if stream:
+        p = stream_context(vocab, prompt)
+    else:
+        p = np.concatenate([[START_ID], vocab.encode(prompt)]).astype(np.int32)
     m = padded_n(n)
     tok, lengths, ended = _sample(params, key, jnp.float32(temperature), jnp.int32(top_k), jnp.asarray(p),
                                   cfg=cfg, n=m, max_len=int(max_len), early_exit=early_exit, mask_unk=not unk_seen)
     tok, lengths, ended = jax.device_get((tok, lengths, ended))
     return Samples(np.asarray(tok)[:n], np.asarray(lengths)[:n], np.asarray(ended)[:n], prompt)
-
-
-def make_sampler(cfg: ModelConfig, vocab: Vocab, max_len: int = 200):
-    """The design contract: sample(params, key, n, temperature, top_k, prompt) -> Samples."""
-
-    def fn(params, key, n: int, temperature: float = 1.0, top_k: int = 0, prompt: str = "") -> Samples:
-        return sample(params, cfg, vocab, n=n, key=key, temperature=temperature, top_k=top_k,
-                      prompt=prompt, max_len=max_len)
-
-    return fn

@@ -54,7 +54,3 @@ def put(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
     if jax.process_count() == 1:
         return jax.device_put(x, sharding)
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-
-def put_tree(tree, sharding):
-    return jax.tree.map(lambda x: put(np.asarray(x), sharding), tree)

@@ -26,13 +26,13 @@ from jax.flatten_util import ravel_pytree
 from . import sharding as shd
 from .buckets import BucketPlan, epoch_order, fixed_order, make_rows, pad_rows, plan_buckets
 from .checkpoint import Checkpointer, abstract
+from .data.base import LN2
 from .config import RunConfig, validate
 from .data import Dataset, build_dataset
 from .data.vocab import Ragged
 from .errors import UserError
 from .model import count_params, init_params, token_logprobs
 
-LN2 = math.log(2.0)
 
 
 def enable_compilation_cache() -> None:
@@ -397,6 +397,59 @@ def _flush_step_record(run: RunDir, pending, schedule) -> None:
                         "lr": float(schedule(pstep - 1)), "tokens_per_s": ptoks / max(pt, 1e-9)})
 
 
+def save_at_deadline(ckpt, run: RunDir, state: dict, pending, schedule, primary: bool, log, *, gstep: int,
+                     epoch: int, batch: int, best_val: float) -> bool:
+    """--max-time reached mid-epoch: checkpoint where the loop stands (the one place both loops do it)."""
+    if not math.isfinite(float(jax.device_get(state["acc"])["nll"])):
+        ckpt.close()
+        raise UserError(f"training diverged before step {gstep}: the loss is not finite; lower --lr")
+    if pending is not None and primary:
+        _flush_step_record(run, pending, schedule)
+    ckpt.save(gstep, state["params"], {k: v for k, v in state.items() if k != "params"},
+              {"epoch": epoch, "batch": batch, "best_val": best_val})
+    log(f"--max-time reached at step {gstep}; checkpoint saved, continue with --resume")
+    return True
+
+
+def close_epoch(run: RunDir, pending, schedule, primary: bool, state: dict, ckpt, cfg: RunConfig, epoch: int,
+                steps: str) -> dict:
+    """The epoch's last step record and its statistics (the one host sync per epoch), refusing a
+    diverged epoch."""
+    if pending is not None and primary:
+        _flush_step_record(run, pending, schedule)
+    acc = jax.device_get(state["acc"])
+    check_epoch_finite(acc, ckpt, cfg, epoch, steps)
+    return acc
+
+
+def record_epoch(run: RunDir, ckpt, cfg: RunConfig, state: dict, rec: dict, epoch: int, best_val: float,
+                 primary: bool) -> float:
+    """Append the epoch's record, checkpoint (into best/ too when val improved) and redraw the plots;
+    returns the new best validation loss."""
+    val = rec["val_ce_bits_per_token"]
+    is_best = val < best_val
+    best_val = min(best_val, val)
+    if primary:
+        run.append_metrics(rec)
+    ckpt.save(rec["step"], state["params"], {k: v for k, v in state.items() if k != "params"},
+              {"epoch": epoch + 1, "batch": 0, "best_val": best_val}, best=is_best)
+    if primary:
+        from .plots import plot_run
+
+        plot_run(run.path, cfg)
+    return best_val
+
+
+def check_epoch_finite(acc: dict, ckpt, cfg: RunConfig, epoch: int, steps: str) -> None:
+    """Diverged: the last checkpoint (the previous epoch's) stays the latest, nothing NaN is saved."""
+    if not (math.isfinite(float(acc["nll"])) and math.isfinite(float(acc["gn_max"]))):
+        ckpt.wait()
+        ckpt.close()
+        raise UserError(f"training diverged in epoch {epoch + 1}{steps}: the loss or gradient is not finite; lower "
+                        f"--lr (now {cfg.train.lr:g}) and train into a new --run-dir, or --resume from the last "
+                        "finite checkpoint with a lower --lr in a copy")
+
+
 def train(cfg: RunConfig, run_dir, *, resume: bool = False, log: Callable[[str], None] = print,
           dataset: Dataset | None = None, mesh=None) -> dict:
     """Train per `cfg` into `run_dir`; returns the last epoch record. With `resume`, continue from
@@ -408,6 +461,14 @@ def train(cfg: RunConfig, run_dir, *, resume: bool = False, log: Callable[[str],
     created = not run.path.exists()
     try:
         return _train(cfg, run, resume, log, dataset, mesh, primary)
+    except OSError as e:
+        from .checkpoint import is_disk_full, settle
+
+        if not is_disk_full(e):
+            raise
+        settle(run.path)  # no half-written checkpoint or plot is left for --resume to trip on
+        raise UserError(f"the disk is full ({e.filename or run.path}); the last complete checkpoint is kept: "
+                        "free space, then continue with --resume") from None
     except BaseException:
         # A run rejected before it wrote anything leaves no empty directory behind.
         if created and primary and run.path.is_dir() and not run.exists():
@@ -417,15 +478,62 @@ def train(cfg: RunConfig, run_dir, *, resume: bool = False, log: Callable[[str],
         raise
 
 
+@dataclass
+class Opened:
+    """A run ready for its loop: the checkpointer, the state to continue from and where."""
+
+    ckpt: Checkpointer
+    state: dict
+    epoch: int = 0
+    batch: int = 0
+    best_val: float = math.inf
+    finished: dict | None = None  # the last epoch record when there is nothing left to do
+
+
+def open_run(cfg: RunConfig, run: RunDir, ds: Dataset, state: dict, resume: bool, primary: bool, log) -> Opened:
+    """Restore the latest checkpoint (resume) or write a new run's files; the one place both loops
+    (buckets and streams) start from."""
+    ckpt = Checkpointer(run.path, keep=cfg.train.keep, primary=primary)
+    out = Opened(ckpt, state)
+    if resume:
+        train_like = {k: v for k, v in state.items() if k != "params"}
+        step0, params, rest, meta = ckpt.restore("latest", abstract(state["params"]), abstract(train_like))
+        out.state = {"params": params, **rest}
+        out.epoch, out.batch, out.best_val = meta["epoch"], meta["batch"], meta.get("best_val", math.inf)
+        if primary:
+            run.truncate_metrics(step0, out.epoch)
+        log(f"resumed from step {step0} (epoch {out.epoch + 1}, batch {out.batch})")
+        if out.epoch >= cfg.train.epochs:
+            log("nothing to do: the run has finished all its epochs")
+            ckpt.close()
+            recs = [m for m in run.read_metrics() if "epoch" in m]
+            out.finished = recs[-1] if recs else {}
+            return out
+    if primary:  # a resumed run records its new length (--epochs) too
+        from .io import atomic_write_text
+
+        atomic_write_text(run.config_path, cfg.dumps())
+    if primary and not resume:
+        ds.vocab.save(run.path / "vocab.json")
+        (run.path / "metrics.jsonl").write_text("")
+    return out
+
+
 def _train(cfg: RunConfig, run: RunDir, resume: bool, log, dataset, mesh, primary: bool) -> dict:
     if resume:
         if not run.exists():
             raise UserError(f"--resume: {run.path} is not a run directory; start it without --resume")
         saved = run.load_config()
-        if saved.model != replace(cfg.model, vocab_size=saved.model.vocab_size) or saved.data != cfg.data:
+        if saved.model != replace(cfg.model, vocab_size=saved.model.vocab_size) or \
+                replace(saved.data, imdb=None) != replace(cfg.data, imdb=None):
             raise UserError(f"--resume: the model or data settings differ from {run.config_path}; "
                             "resume with the saved settings or train into a new --run-dir")
-        cfg = replace(saved, train=replace(saved.train, epochs=cfg.train.epochs, max_time=cfg.train.max_time))
+        # Only the run's length and where the IMDb archive now is may change on resume.
+        imdb = cfg.data.imdb or saved.data.imdb
+        if imdb and not Path(imdb).exists() and os.environ.get("SEQGEN_IMDB"):
+            imdb = None  # the archive moved: $SEQGEN_IMDB says where
+        cfg = replace(saved, data=replace(saved.data, imdb=imdb),
+                      train=replace(saved.train, epochs=cfg.train.epochs, max_time=cfg.train.max_time))
         if not run.has_checkpoints():
             # Killed during its first epoch (Ctrl-C): nothing to restore, so it starts again at step 0.
             log(f"{run.path} has no checkpoint yet: starting it from step 0 with its saved settings")
@@ -441,6 +549,11 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, log, dataset, mesh, primar
     t_start = time.time()
     ds = dataset if dataset is not None else build_dataset(cfg.data)
     cfg = replace(cfg, model=replace(cfg.model, vocab_size=len(ds.vocab)))
+    check_model_memory(cfg)  # before any parameter exists: an overcommitted allocation may not fail at once
+    if ds.info.get("stream") is not None:
+        from .stream import train_stream
+
+        return train_stream(cfg, run, ds, resume=resume, log=log, primary=primary, t_start=t_start)
     mesh = mesh if mesh is not None else shd.make_mesh(cfg.train.devices)
     train_split = BucketedSplit.build(ds.train, cfg.train.max_tokens, cfg.train.max_buckets, mesh, cfg.data.chunk)
     val_split = BucketedSplit.build(ds.val, cfg.train.max_tokens, cfg.train.max_buckets, mesh, cfg.data.chunk)
@@ -456,29 +569,11 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, log, dataset, mesh, primar
         f"on {mesh.devices.size} {jax.default_backend()} device(s)")
     log(f"train: {plan.describe()}")
 
-    ckpt = Checkpointer(run.path, keep=cfg.train.keep, primary=primary)
-    start_epoch, start_batch, best_val = 0, 0, math.inf
-    check_model_memory(cfg)
-    if resume:
-        train_like = {k: v for k, v in state.items() if k != "params"}
-        step0, params, rest, meta = ckpt.restore("latest", abstract(state["params"]), abstract(train_like))
-        state = {"params": params, **rest}
-        start_epoch, start_batch, best_val = meta["epoch"], meta["batch"], meta.get("best_val", math.inf)
-        if primary:
-            run.truncate_metrics(step0, start_epoch)
-        log(f"resumed from step {step0} (epoch {start_epoch + 1}, batch {start_batch})")
-        if start_epoch >= cfg.train.epochs:
-            log("nothing to do: the run has finished all its epochs")
-            ckpt.close()
-            recs = [m for m in run.read_metrics() if "epoch" in m]
-            return recs[-1] if recs else {}
-    if primary:  # a resumed run records its new length (--epochs) too
-        from .io import atomic_write_text
-
-        atomic_write_text(run.config_path, cfg.dumps())
-    if primary and not resume:
-        ds.vocab.save(run.path / "vocab.json")
-        (run.path / "metrics.jsonl").write_text("")
+    opened = open_run(cfg, run, ds, state, resume, primary, log)
+    if opened.finished is not None:
+        return opened.finished
+    ckpt, state, start_epoch, start_batch, best_val = (opened.ckpt, opened.state, opened.epoch, opened.batch,
+                                                       opened.best_val)
 
     from .evaluate import EpochEvaluator
 
@@ -509,30 +604,13 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, log, dataset, mesh, primar
                 pending = (gstep, m, tokens_since, now - t_log)
                 tokens_since, t_log = 0, now
             if time.time() > deadline and bi + 1 < len(order):
-                if not math.isfinite(float(jax.device_get(state["acc"])["nll"])):
-                    ckpt.close()
-                    raise UserError(f"training diverged before step {gstep}: the loss is not finite; lower --lr")
-                if pending is not None and primary:
-                    _flush_step_record(run, pending, schedule)
-                    pending = None
-                ckpt.save(gstep, state["params"], {k: v for k, v in state.items() if k != "params"},
-                          {"epoch": epoch, "batch": bi + 1, "best_val": best_val})
-                log(f"--max-time reached at step {gstep}; checkpoint saved, continue with --resume")
-                stopped = True
+                stopped = save_at_deadline(ckpt, run, state, pending, schedule, primary, log, gstep=gstep,
+                                           epoch=epoch, batch=bi + 1, best_val=best_val)
                 break
         if stopped:
             break
-        if pending is not None and primary:
-            _flush_step_record(run, pending, schedule)
-        acc = jax.device_get(state["acc"])  # the one sync per epoch
-        if not (math.isfinite(float(acc["nll"])) and math.isfinite(float(acc["gn_max"]))):
-            # Diverged: the last checkpoint (the previous epoch's) stays the latest, nothing NaN is saved.
-            ckpt.wait()
-            ckpt.close()
-            raise UserError(f"training diverged in epoch {epoch + 1} (steps {epoch * steps_per_epoch + 1}–"
-                            f"{(epoch + 1) * steps_per_epoch}): the loss or gradient is not finite; lower --lr "
-                            f"(now {cfg.train.lr:g}) and train into a new --run-dir, or --resume from the last "
-                            "finite checkpoint with a lower --lr in a copy")
+        acc = close_epoch(run, pending, schedule, primary, state, ckpt, cfg, epoch,
+                          f" (steps {epoch * steps_per_epoch + 1}–{(epoch + 1) * steps_per_epoch})")
         seconds = time.time() - t_epoch
         val_ce, _ = evaluate_ce(eval_fn, state["params"], val_split, mesh)
         nsteps = max(float(acc["steps"]), 1.0)
@@ -544,16 +622,7 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, log, dataset, mesh, primar
                "grad_norm_max": float(acc["gn_max"]), "lr": float(schedule(gstep - 1)), "seconds": seconds,
                "tokens_per_s": train_split.n_tokens / max(seconds, 1e-9), "elapsed": time.time() - t_start}
         rec.update(evaluator(state["params"], epoch + 1, val_ce))
-        is_best = val_ce < best_val
-        best_val = min(best_val, val_ce)
-        if primary:
-            run.append_metrics(rec)
-        ckpt.save(gstep, state["params"], {k: v for k, v in state.items() if k != "params"},
-                  {"epoch": epoch + 1, "batch": 0, "best_val": best_val}, best=is_best)
-        if primary:
-            from .plots import plot_run
-
-            plot_run(run.path, cfg)
+        best_val = record_epoch(run, ckpt, cfg, state, rec, epoch, best_val, primary)
         left = (cfg.train.epochs - epoch - 1) * seconds
         extra = "".join(f"  {k} {rec[k]:.4f}" for k in ("kl_bits_per_token",) if k in rec)
         if "valid_rate_1.0" in rec:

@@ -17,10 +17,10 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SEQGEN_JAX_CACHE", str(base / "xla-cache"))
 
 
-def run_cli(*args, env=None, timeout=600):
+def run_cli(*args, env=None, timeout=600, cwd=None):
     """`python -m seqgen_jax ARGS` in a fresh process: (returncode, stdout, stderr)."""
     e = dict(os.environ)
     e.update(env or {})
     p = subprocess.run([sys.executable, "-m", "seqgen_jax", *map(str, args)], capture_output=True, text=True,
-                       env=e, timeout=timeout, cwd=ROOT)
+                       env=e, timeout=timeout, cwd=cwd or ROOT)
     return p.returncode, p.stdout, p.stderr

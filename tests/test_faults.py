@@ -3,6 +3,7 @@ exit code 2, no traceback, and leaves the user's files as they were."""
 import fcntl
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -212,3 +213,56 @@ def test_an_empty_best_folder_names_the_other_choice(run2, tmp_path):
     for p in (c / "best").iterdir():
         shutil.rmtree(p)
     one_line_error(*run_cli("sample", c, "--checkpoint", "best"), "--checkpoint latest")
+
+
+def test_wrongly_typed_checkpoint_meta_counts_as_corrupt(run2, tmp_path):
+    c = _copy(run2, tmp_path)
+    newest = max(_steps(c / "checkpoints"))
+    (c / "checkpoints" / str(newest) / "meta" / "metadata").write_text('{"epoch": "two", "batch": null, "best_val": "x"}')
+    rc, out, err = run_cli("train", "brackets", "--run-dir", c, "--resume", "--epochs", "3")
+    assert rc == 0 and "Traceback" not in err, err[-2000:]
+    assert "meta item is damaged" in err and f"resumed from step {min(_steps(c / 'checkpoints'))}" in out
+    epochs = [json.loads(l)["epoch"] for l in (c / "metrics.jsonl").read_text().splitlines() if '"epoch"' in l]
+    assert epochs == [1, 2, 3]
+
+
+def test_metrics_jsonl_that_is_a_directory(run, tmp_path):
+    c = _copy(run, tmp_path)
+    (c / "metrics.jsonl").unlink()
+    (c / "metrics.jsonl").mkdir()
+    one_line_error(*run_cli("train", "brackets", "--run-dir", c, "--resume", "--epochs", "3"),
+                   "metrics.jsonl is a directory")
+
+
+def _du_kb(path) -> int:
+    """What a copy takes on a tmpfs: whole 4 KiB pages per file, and a little per folder."""
+    kb = 0
+    for p in Path(path).rglob("*"):
+        kb += 4 * -(-p.stat().st_size // 4096) if p.is_file() else 4
+    return kb
+
+
+def test_a_full_disk_during_training_is_one_line_and_resumable(run, tmp_path):
+    """A tmpfs just larger than the run: the next epoch's checkpoint or plots cannot be written."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    size_kb = _du_kb(run) + 128
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mnt)], capture_output=True)
+    if p.returncode:
+        pytest.skip(f"mounting a tmpfs is not permitted here ({p.stderr.decode().strip()[:80]}); the disk-full "
+                    "case needs it")
+    try:
+        c = _copy(run, mnt)
+        rc, out, err = run_cli("train", "brackets", "--run-dir", c, "--resume", "--epochs", "6")
+        one_line_error(rc, out, err, "the disk is full", "--resume")
+        left = [q.name for q in c.rglob("*") if "tmp" in q.name]
+        assert left == [], left
+        subprocess.run(["mount", "-o", f"remount,size={size_kb * 8}k", str(mnt)], check=True)
+        rc, out, err = run_cli("train", "brackets", "--run-dir", c, "--resume", "--epochs", "6")
+        assert rc == 0, err[-2000:]
+        epochs = [json.loads(l)["epoch"] for l in (c / "metrics.jsonl").read_text().splitlines() if '"epoch"' in l]
+        assert epochs == list(range(1, 7))
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)

@@ -143,3 +143,57 @@ def test_real_archive_splits_and_cache(tmp_path):
     c = load_corpus(SHARED_IMDB)  # from the cache written by the command above
     assert c.cache == d["cache"] and isinstance(c.train.flat, np.memmap)
     assert int(c.labels["train"].sum()) == 12_500 and len(c.test) == 25_000
+
+
+def test_a_damaged_cache_is_rebuilt_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SEQGEN_CACHE", str(tmp_path / "cache"))
+    src = _archive(tmp_path / "a.tar.gz", _small_files())
+    good = load_corpus(src)
+    cdir = Path(good.cache)
+    good_flat = np.array(good.train.flat)  # a copy: the cache's memory map changes when its file does
+    for damage in ("truncate", "vocab", "offsets"):
+        if damage == "truncate":
+            f = cdir / "train_flat.npy"
+            f.write_bytes(f.read_bytes()[:-7])
+        elif damage == "vocab":
+            (cdir / "vocab.json").write_text("{not json")
+        else:
+            (cdir / "test_offsets.npy").unlink()
+        again = load_corpus(src)
+        assert "is damaged; rebuilding it" in capsys.readouterr().err
+        assert np.array_equal(np.asarray(again.train.flat), good_flat) and again.vocab == good.vocab
+        assert Path(again.cache) == cdir and (cdir / "test_offsets.npy").exists()
+
+
+def test_empty_or_non_tar_file_is_one_line(tmp_path):
+    for name, data in (("empty.tar.gz", b""), ("text.tar.gz", b"plain text, not a tar file\n" * 10)):
+        (tmp_path / name).write_bytes(data)
+        rc, out, err = run_cli("data", "imdb", "--stats", "--imdb", str(tmp_path / name))
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and "not a readable tar archive" in err, err
+
+
+def test_a_moved_archive_can_be_evaluated_and_resumed(tmp_path):
+    src = _archive(tmp_path / "a.tar.gz", _small_files(n=8))
+    run = tmp_path / "run"
+    args = ["--embed", "8", "--hidden", "16", "--epochs", "1", "--n-train", "10", "--n-val", "4", "--n-test", "6",
+            "--chunk", "16", "--max-tokens", "256"]
+    rc, out, err = run_cli("train", "imdb", "--run-dir", run, "--imdb", "a.tar.gz", *args,
+                           env={"SEQGEN_CACHE": str(tmp_path / "c")}, cwd=tmp_path)
+    assert rc == 0, err
+    assert json.loads((run / "config.json").read_text())["data"]["imdb"] == str(src)  # stored absolute
+    moved = tmp_path / "elsewhere.tar.gz"
+    src.rename(moved)
+    env = {"SEQGEN_CACHE": str(tmp_path / "c2")}
+    ev = ["eval", run, "--json", "--samples", "4", "--temperatures", "1", "--max-len", "20"]
+    rc, out, err = run_cli(*ev, "--imdb", moved, env=env)
+    assert rc == 0, err
+    rc, out2, err = run_cli(*ev, env={**env, "SEQGEN_IMDB": str(moved)})
+    assert rc == 0, err
+    assert json.loads(out)["bits_per_char"] == json.loads(out2)["bits_per_char"]
+    rc, out, err = run_cli("train", "imdb", "--run-dir", run, "--resume", "--epochs", "2", "--imdb", moved, env=env)
+    assert rc == 0, err
+    assert json.loads((run / "config.json").read_text())["data"]["imdb"] == str(moved)
+    rc, out, err = run_cli(*ev, "--imdb", moved, env=env)
+    assert rc == 0
+    rc, out, err = run_cli("eval", run, "--imdb", moved / "x", env=env)
+    assert rc == 2 and "does not exist" in err

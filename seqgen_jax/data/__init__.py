@@ -17,11 +17,18 @@ from .toy import Toy
 from .vocab import Ragged, Vocab
 
 SYNTHETIC = {"ndfa": NDFA, "brackets": Brackets, "dyck1": Brackets, "toy": Toy}
-NAMES = "ndfa, brackets (alias dyck1), toy, imdb"
+NAMES = "ndfa, brackets (alias dyck1), toy, pcfg:FILE, pfsa:FILE.json, imdb, text:PATH"
+# Specs whose part after the colon is a path, not key=value parameters.
+PATH_KINDS = ("text", "pcfg", "pfsa")
+CORPORA = ("imdb", "text")  # text without a known generating process
 
 
-def parse_spec(spec: str) -> tuple[str, dict[str, float]]:
+def parse_spec(spec: str) -> tuple[str, dict]:
     name, _, rest = spec.strip().partition(":")
+    if name.lower() in PATH_KINDS:
+        if not rest:
+            raise UserError(f"{name}: needs a path, e.g. {name}:input.txt")
+        return name.lower(), {"path": rest}
     params = {}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
@@ -37,9 +44,17 @@ def parse_spec(spec: str) -> tuple[str, dict[str, float]]:
 
 def get_language(spec: str) -> Language:
     name, params = parse_spec(spec)
-    if name == "imdb":
-        raise UserError("imdb is a text corpus without a known generating process; this needs one of "
-                        "ndfa, brackets, toy")
+    if name in CORPORA:
+        raise UserError(f"{name} is a text corpus without a known generating process; this needs one of "
+                        "ndfa, brackets, toy, pcfg:FILE, pfsa:FILE")
+    if name == "pcfg":
+        from .pcfg import PCFG
+
+        return PCFG(params["path"])
+    if name == "pfsa":
+        from .pfsa import PFSA
+
+        return PFSA(params["path"])
     if name not in SYNTHETIC:
         raise UserError(f"unknown dataset {name!r}; choose one of {NAMES}")
     try:
@@ -105,28 +120,14 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 def vocab_for(lang: Language) -> Vocab:
-    return Vocab.from_symbols(lang.alphabet)
+    return Vocab.from_symbols(lang.alphabet, char=lang.char)
 
 
 def build_dataset(cfg: DataConfig) -> Dataset:
-    name, _ = parse_spec(cfg.name)
-    if name == "imdb":
-        from .imdb import ImdbOptions, load_corpus
-
-        corpus = load_corpus(cfg.imdb, ImdbOptions(char=cfg.char, voc=cfg.voc, keep_br=cfg.keep_br))
-        tr_idx, va_idx = corpus.val_split(cfg.n_val, cfg.seed)
-        lab_tr, lab_te = corpus.labels["train"], corpus.labels["test"]
-        # The archive stores reviews sorted by label: subsets are drawn at random, stratified by label,
-        # never taken from the front.
-        if cfg.n_train < len(tr_idx):
-            tr_idx = tr_idx[stratified_subset(lab_tr[tr_idx], cfg.n_train, cfg.seed)]
-        te_idx = np.arange(len(corpus.test))
-        if cfg.n_test < len(te_idx):
-            te_idx = stratified_subset(lab_te, cfg.n_test, cfg.seed + TEST_SEED_OFFSET)
-        labels = {"train": lab_tr[tr_idx], "val": lab_tr[va_idx], "test": lab_te[te_idx]}
-        return Dataset("imdb", "imdb", corpus.vocab, corpus.train.take(tr_idx), corpus.train.take(va_idx),
-                       corpus.test.take(te_idx), info={"cache": corpus.cache, "n_test_total": len(corpus.test),
-                                                        "labels": labels})
+    """Encoded splits of any dataset: a corpus from the registry, else a language with its truth."""
+    name, params = parse_spec(cfg.name)
+    if name in CORPUS_BUILDERS:
+        return CORPUS_BUILDERS[name](cfg, params)
     lang = get_language(cfg.name)
     vocab = vocab_for(lang)
     tr = lang.strings(cfg.n_train, cfg.seed)
@@ -134,6 +135,43 @@ def build_dataset(cfg: DataConfig) -> Dataset:
     te = lang.strings(cfg.n_test, cfg.seed + TEST_SEED_OFFSET)
     return Dataset(name, lang.spec, vocab, Ragged.from_strings(tr, vocab), Ragged.from_strings(va, vocab),
                    Ragged.from_strings(te, vocab), language=lang, train_strings=tr)
+
+
+def _imdb_dataset(cfg: DataConfig, params: dict) -> Dataset:
+    from .imdb import ImdbOptions, load_corpus
+
+    corpus = load_corpus(cfg.imdb, ImdbOptions(char=cfg.char, voc=cfg.voc, keep_br=cfg.keep_br))
+    tr_idx, va_idx = corpus.val_split(cfg.n_val, cfg.seed)
+    lab_tr, lab_te = corpus.labels["train"], corpus.labels["test"]
+    # The archive stores reviews sorted by label: subsets are drawn at random, stratified by label,
+    # never taken from the front.
+    if cfg.n_train < len(tr_idx):
+        tr_idx = tr_idx[stratified_subset(lab_tr[tr_idx], cfg.n_train, cfg.seed)]
+    te_idx = np.arange(len(corpus.test))
+    if cfg.n_test < len(te_idx):
+        te_idx = stratified_subset(lab_te, cfg.n_test, cfg.seed + TEST_SEED_OFFSET)
+    labels = {"train": lab_tr[tr_idx], "val": lab_tr[va_idx], "test": lab_te[te_idx]}
+    return Dataset("imdb", "imdb", corpus.vocab, corpus.train.take(tr_idx), corpus.train.take(va_idx),
+                   corpus.test.take(te_idx), info={"cache": corpus.cache, "n_test_total": len(corpus.test),
+                                                    "labels": labels})
+
+
+def _text_dataset(cfg: DataConfig, params: dict) -> Dataset:
+    from .text import build_splits, encode_corpus, parse_split
+
+    fractions = parse_split(cfg.split)
+    enc = encode_corpus(params["path"], "char" if cfg.char else "word")
+    sp = build_splits(enc, fractions, char=cfg.char, voc=cfg.voc)
+    one = lambda ids: Ragged(ids, np.array([0, len(ids)], np.int64))  # noqa: E731  the split as one sequence
+    info = {"stream": {"train": sp.train, "val": sp.val, "test": sp.test}, "unit": "char" if cfg.char else "word",
+            "fractions": list(fractions), "cache": sp.cache, "n_docs": sp.n_docs,
+            "unigram_bits_per_token": sp.unigram_bits}
+    return Dataset("text", cfg.name, sp.vocab, one(sp.train), one(sp.val), one(sp.test), info=info)
+
+
+# The corpora: text without a known generating process. A new corpus is one builder here (DataConfig and
+# the spec's parameters -> Dataset) and its module; everything downstream reads Dataset only.
+CORPUS_BUILDERS = {"imdb": _imdb_dataset, "text": _text_dataset}
 
 
 def _course_load(lang: Language, n: int, seed: int):

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-LOG2E = 1.0 / math.log(2.0)
+LN2 = math.log(2.0)  # nats per bit: the one definition every module imports
+LOG2E = 1.0 / LN2
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,20 @@ class Entropy:
 
 
 class Language(ABC):
-    """A string distribution with known truth. Symbols are single characters."""
+    """A string distribution with known truth. Symbols are single characters (`char`), or tokens
+    written with single spaces between them when any symbol is longer (user grammars over words)."""
 
     name: str
     alphabet: tuple[str, ...]
+    char: bool = True
+
+    def tokens(self, s: str) -> list[str]:
+        if self.char:
+            return list(s)
+        return s.split(" ") if s else []
+
+    def render(self, tokens) -> str:
+        return ("" if self.char else " ").join(tokens)
 
     @property
     @abstractmethod
@@ -70,6 +81,10 @@ class Language(ABC):
     def log2_prob(self, s: str) -> float:
         return self.log_prob(s) * LOG2E
 
+    def log2_probs(self, strings) -> np.ndarray:
+        """Many strings at once; languages with a batched algorithm (pcfg) override it."""
+        return np.array([self.log2_prob(s) for s in strings], dtype=float)
+
     def prefix_table(self, s: str) -> list[tuple[frozenset[str], bool]]:
         """`next_symbols` of every prefix `s[:i]`, i = 0..len(s). Subclasses make this incremental."""
         return [self.next_symbols(s[:i]) for i in range(len(s) + 1)]
@@ -84,7 +99,7 @@ class Language(ABC):
         The default is a fixed-seed Monte-Carlo estimate; languages with a closed form override it."""
         counts = np.zeros(max_len + 1)
         for s in self.strings(50_000, seed=987_654_321):
-            counts[min(len(s), max_len)] += 1
+            counts[min(len(self.tokens(s)), max_len)] += 1
         return counts / counts.sum(), False
 
 
@@ -92,7 +107,7 @@ def entropy_by_monte_carlo(lang: Language, n: int = 20_000, seed: int = 12345) -
     """Monte-Carlo entropy from exact log-probs, with the standard error of the per-token ratio."""
     strings = lang.strings(n, seed)
     bits = np.array([-lang.log2_prob(s) for s in strings])
-    toks = np.array([len(s) + 1 for s in strings], dtype=float)
+    toks = np.array([len(lang.tokens(s)) + 1 for s in strings], dtype=float)
     hb, ht = bits.mean(), toks.mean()
     # Delta method for the ratio of means.
     r = hb / ht

@@ -13,6 +13,7 @@ import pickle
 import random
 import re
 import shutil
+import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass, asdict
@@ -108,7 +109,9 @@ def _read_reviews(src: Path) -> dict:
                     if m.isfile() and _REVIEW.search(m.name):
                         add(m.name, tf.extractfile(m).read())
         except (tarfile.TarError, OSError, EOFError) as e:
-            raise UserError(f"{src} is not a readable tar archive ({e}); {HOW_TO_GET}") from None
+            # tarfile lists every compression it tried on separate lines: keep the message one line.
+            why = "empty file" if src.stat().st_size == 0 else (str(e).splitlines() or [type(e).__name__])[0].rstrip(":")
+            raise UserError(f"{src} is not a readable tar archive ({why}); {HOW_TO_GET}") from None
     for split in out:
         if not out[split]:
             raise UserError(f"{src} holds no aclImdb/{split}/{{pos,neg}}/*.txt reviews; {HOW_TO_GET}")
@@ -217,14 +220,25 @@ def _save_cache(path: Path, corpus: ImdbCorpus) -> None:
         raise
 
 
-def _load_cache(path: Path) -> ImdbCorpus:
-    vocab = Vocab.from_json(json.loads((path / "vocab.json").read_text()))
-    parts, labels, ratings = {}, {}, {}
-    for split in ("train", "test"):
-        parts[split] = Ragged(np.load(path / f"{split}_flat.npy", mmap_mode="r"),
-                              np.load(path / f"{split}_offsets.npy"))
-        labels[split] = np.load(path / f"{split}_labels.npy")
-        ratings[split] = np.load(path / f"{split}_ratings.npy")
+def _load_cache(path: Path) -> ImdbCorpus | None:
+    """The cached corpus, or None when any file is missing, truncated or inconsistent (checked
+    cheaply: shapes, offsets against the token count, ids against the vocabulary's size)."""
+    try:
+        vocab = Vocab.from_json(json.loads((path / "vocab.json").read_text(encoding="utf-8")))
+        parts, labels, ratings = {}, {}, {}
+        for split in ("train", "test"):
+            flat = np.load(path / f"{split}_flat.npy", mmap_mode="r")
+            off = np.load(path / f"{split}_offsets.npy")
+            labels[split] = np.load(path / f"{split}_labels.npy")
+            ratings[split] = np.load(path / f"{split}_ratings.npy")
+            n = len(off) - 1
+            if (flat.ndim != 1 or off.ndim != 1 or n < 1 or off[0] != 0 or off[-1] != len(flat)
+                    or np.any(np.diff(off) < 0) or len(labels[split]) != n or len(ratings[split]) != n
+                    or (len(flat) and int(flat[-(1 << 16):].max()) >= len(vocab))):
+                return None
+            parts[split] = Ragged(flat, off)
+    except (OSError, ValueError, KeyError, TypeError, EOFError, json.JSONDecodeError):
+        return None
     return ImdbCorpus(vocab, parts["train"], parts["test"], labels, ratings, str(path))
 
 
@@ -233,8 +247,12 @@ def load_corpus(path=None, opts: ImdbOptions = ImdbOptions(), use_cache: bool = 
     if src.is_file() and src.name.endswith((".pkl", ".pkl.gz")):
         return _from_pickle(src, opts)
     cdir = cache_root() / f"imdb-{_cache_key(src, opts)}"
-    if use_cache and (cdir / "vocab.json").exists():
-        return _load_cache(cdir)
+    if use_cache and cdir.exists():
+        hit = _load_cache(cdir)
+        if hit is not None:
+            return hit
+        print(f"warning: the IMDb cache {cdir} is damaged; rebuilding it from {src}", file=sys.stderr)
+        shutil.rmtree(cdir, ignore_errors=True)
     reviews = _read_reviews(src)
     texts = {s: [_clean(r[3], opts.keep_br) for r in rs] for s, rs in reviews.items()}
     vocab = _build_vocab(texts["train"], opts)
@@ -245,16 +263,7 @@ def load_corpus(path=None, opts: ImdbOptions = ImdbOptions(), use_cache: bool = 
     if use_cache:
         try:
             _save_cache(cdir, corpus)
-            return _load_cache(cdir)
+            return _load_cache(cdir) or corpus
         except OSError:
             pass  # an unwritable cache only costs speed
     return corpus
-
-
-def reference_texts(corpus: ImdbCorpus, split_part: Ragged, n: int, seed: int = 0) -> list[str]:
-    """Up to n decoded reviews, for statistics of real text."""
-    idx = random.Random(seed).sample(range(len(split_part)), k=min(n, len(split_part)))
-    return [corpus.vocab.decode(split_part[i]) for i in idx]
-
-
-__all__ = ["ImdbOptions", "ImdbCorpus", "load_corpus", "resolve_source", "char_table"]

@@ -13,6 +13,7 @@ from functools import lru_cache
 import numpy as np
 
 from .base import Entropy, Language, logsumexp
+from .earley import Earley
 
 RULES: dict[str, list[str]] = {
     "_s": ["_s _adv", "_np _vp", "_np _vp _prep _np", "_np _vp ( _prep _np )", "_np _vp _con _s",
@@ -38,11 +39,8 @@ class Toy(Language):
                              if w not in self.rules})
         self.alphabet = tuple(sorted(set("".join(self.words)) | {" "}))
         self._min_words = self._min_yield()
-        # Flat rule list for Earley items: (lhs, rhs, log prob); index 0 is the augmented start.
-        self._flat = [("^", (_START,), 0.0)] + [
-            (nt, rhs, -math.log(len(rhss))) for nt, rhss in self.rules.items() for rhs in rhss]
+        self._earley = Earley([(nt, rhs) for nt, rhss in self.rules.items() for rhs in rhss], _START)
         self._cache: dict[str, tuple[float, int]] = {}
-        self._by_lhs = {nt: [i for i, r in enumerate(self._flat) if r[0] == nt] for nt in self.rules}
 
     @property
     def spec(self) -> str:
@@ -91,12 +89,7 @@ class Toy(Language):
             return -math.inf, 0
         # The inside algorithm is cubic in the length; the Earley recogniser rejects an invalid string
         # at its first wrong word, so a long invalid line costs almost nothing.
-        chart = self._initial_chart()
-        for w in words:
-            chart = self._advance(chart, w)
-            if chart is None:
-                return -math.inf, 0
-        if not self._complete(chart):
+        if not self._earley.recognise(words)[0]:
             return -math.inf, 0
         rules, mins = self.rules, self._min_words
 
@@ -137,65 +130,17 @@ class Toy(Language):
         return self.inside(s)[0]
 
     # ---- legal continuations (Earley over words) ----
-    def _closure(self, items: set, chart: list[set]) -> frozenset:
-        agenda = list(items)
-        done = set(items)
-        pos = len(chart)
-        while agenda:
-            r, dot, origin = agenda.pop()
-            lhs, rhs, _ = self._flat[r]
-            if dot < len(rhs):
-                nxt = rhs[dot]
-                if nxt in self.rules:
-                    for r2 in self._by_lhs[nxt]:
-                        it = (r2, 0, pos)
-                        if it not in done:
-                            done.add(it)
-                            agenda.append(it)
-                    # No empty rules, so no completion of `nxt` at this position is pending.
-            else:
-                parents = chart[origin] if origin < pos else done
-                for (pr, pdot, porigin) in list(parents):
-                    prhs = self._flat[pr][1]
-                    if pdot < len(prhs) and prhs[pdot] == lhs:
-                        it = (pr, pdot + 1, porigin)
-                        if it not in done:
-                            done.add(it)
-                            agenda.append(it)
-        return frozenset(done)
-
-    def _initial_chart(self) -> list[frozenset]:
-        return [self._closure({(0, 0, 0)}, [])]
-
-    def _advance(self, chart: list[frozenset], word: str) -> list[frozenset] | None:
-        scanned = {(r, d + 1, o) for (r, d, o) in chart[-1]
-                   if d < len(self._flat[r][1]) and self._flat[r][1][d] == word}
-        if not scanned:
-            return None
-        return chart + [self._closure(scanned, chart)]
-
-    def _expected_words(self, chart: list[frozenset]) -> set[str]:
-        out = set()
-        for (r, d, _) in chart[-1]:
-            rhs = self._flat[r][1]
-            if d < len(rhs) and rhs[d] not in self.rules:
-                out.add(rhs[d])
-        return out
-
-    @staticmethod
-    def _complete(chart: list[frozenset]) -> bool:
-        return (0, 1, 0) in chart[-1]
-
     def _char_options(self, chart, partial: str) -> tuple[frozenset[str], bool]:
         chars, can_end = set(), False
-        for w in self._expected_words(chart):
+        e = self._earley
+        for w in e.expected(chart):
             if len(w) > len(partial) and w.startswith(partial):
                 chars.add(w[len(partial)])
             elif w == partial:
-                after = self._advance(chart, w)
-                if self._expected_words(after):
+                after = e.advance(chart, w)
+                if e.expected(after):
                     chars.add(" ")
-                can_end = can_end or self._complete(after)
+                can_end = can_end or e.complete(after)
         return frozenset(chars), can_end
 
     def next_symbols(self, prefix: str) -> tuple[frozenset[str], bool]:
@@ -203,7 +148,7 @@ class Toy(Language):
 
     def prefix_table(self, s: str):
         out = []
-        chart = self._initial_chart()
+        chart = self._earley.initial()
         start = 0  # where the current (partial) word starts
         for i in range(len(s) + 1):
             if chart is None:
@@ -212,7 +157,7 @@ class Toy(Language):
             out.append(self._char_options(chart, s[start:i]))
             if i < len(s) and s[i] == " ":
                 word = s[start:i]
-                chart = self._advance(chart, word) if word else None
+                chart = self._earley.advance(chart, word) if word else None
                 start = i + 1
         return out
 
