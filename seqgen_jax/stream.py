@@ -134,12 +134,8 @@ def score_stream(params, cfg: RunConfig, ids: np.ndarray, *, block: int = 512, m
 
 @partial(jax.jit, static_argnames=("cfg",))
 def _score_windows(params, rows, *, cfg: RunConfig):
-    nll, _ = _window_nll(params, rows, zero_carry_of(cfg, rows.shape[0]), cfg)
+    nll, _ = _window_nll(params, rows, zero_state(cfg.model, rows.shape[0]), cfg)
     return nll, (rows[:, 1:] != PAD_ID).sum()
-
-
-def zero_carry_of(cfg: RunConfig, B: int) -> LSTMState:
-    return zero_state(cfg.model, B)
 
 
 def score_windows(params, cfg: RunConfig, ids: np.ndarray, window: int = 64, batch: int = 512) -> tuple[float, int]:

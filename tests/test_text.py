@@ -81,7 +81,7 @@ def test_cache_is_reused_and_a_damaged_cache_is_rebuilt(tmp_path):
     f = tmp_path / "t.txt"
     f.write_text("hello world\n" * 100)
     a = _ds(f"text:{f}")
-    cache = Path(a.info["cache"]) if Path(a.info["cache"]).is_absolute() else tmp_path / "cache" / a.info["cache"]
+    cache = tmp_path / "cache" / a.info["cache"]  # info["cache"] is the content key
     ids = cache / "ids.npy"
     assert ids.exists()
     b = _ds(f"text:{f}")

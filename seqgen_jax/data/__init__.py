@@ -20,7 +20,6 @@ SYNTHETIC = {"ndfa": NDFA, "brackets": Brackets, "dyck1": Brackets, "toy": Toy}
 NAMES = "ndfa, brackets (alias dyck1), toy, pcfg:FILE, pfsa:FILE.json, imdb, text:PATH"
 # Specs whose part after the colon is a path, not key=value parameters.
 PATH_KINDS = ("text", "pcfg", "pfsa")
-CORPORA = ("imdb", "text")  # text without a known generating process
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
@@ -172,6 +171,7 @@ def _text_dataset(cfg: DataConfig, params: dict) -> Dataset:
 # The corpora: text without a known generating process. A new corpus is one builder here (DataConfig and
 # the spec's parameters -> Dataset) and its module; everything downstream reads Dataset only.
 CORPUS_BUILDERS = {"imdb": _imdb_dataset, "text": _text_dataset}
+CORPORA = tuple(CORPUS_BUILDERS)  # text without a known generating process
 
 
 def _course_load(lang: Language, n: int, seed: int):

@@ -108,6 +108,18 @@ def parse_grammar(text: str, where: str) -> tuple[str, list[tuple[str, tuple[str
     return rules[0][0], rules
 
 
+def expectation_matrix(rules) -> tuple[list[str], np.ndarray]:
+    """(nonterminals, M) with M[A, B] = expected number of B's in one expansion of A."""
+    nts = sorted({r[0] for r in rules})
+    idx = {a: i for i, a in enumerate(nts)}
+    M = np.zeros((len(nts), len(nts)))
+    for l, r, p, *_ in rules:
+        for x in r:
+            if x.startswith(_NT):
+                M[idx[l], idx[x]] += p
+    return nts, M
+
+
 def _lse(x: np.ndarray, axis) -> np.ndarray:
     m = np.max(x, axis=axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
@@ -198,13 +210,7 @@ class PCFG(Language):
                     changed = True
         if start not in gen:
             raise UserError(f"{where}: the language is empty: {start[1:]} derives no finite string")
-        nts = sorted(sums)
-        idx = {a: i for i, a in enumerate(nts)}
-        M = np.zeros((len(nts), len(nts)))
-        for l, r, p, _ in rules:
-            for x in r:
-                if x.startswith(_NT):
-                    M[idx[l], idx[x]] += p
+        nts, M = expectation_matrix(rules)
         rho = max(abs(np.linalg.eigvals(M))) if len(nts) else 0.0
         if rho >= 1 - 1e-9:
             raise UserError(f"{where}: the grammar does not terminate with probability 1 (spectral radius of its "
@@ -358,13 +364,8 @@ class PCFG(Language):
 
     # ---- entropy ----
     def expected_counts(self) -> dict[str, float]:
-        nts = sorted({l for l, _, _ in self.rules})
+        nts, M = expectation_matrix(self.rules)
         idx = {a: i for i, a in enumerate(nts)}
-        M = np.zeros((len(nts), len(nts)))
-        for l, r, p in self.rules:
-            for x in r:
-                if x.startswith(_NT):
-                    M[idx[l], idx[x]] += p
         e = np.zeros(len(nts))
         e[idx[self.start]] = 1.0
         c = np.linalg.solve((np.eye(len(nts)) - M).T, e)
