@@ -21,10 +21,9 @@ def jax_train(e, h, V, B, T, *, backend="auto", precision="fp32", unroll=0, shar
     (`sharded`: over a mesh of every local device; else one bare jit on the default device)."""
     import jax
 
-    from seqgen_jax import sharding as shd
     from seqgen_jax.config import RunConfig
-    from seqgen_jax.train import (idx_placer, init_train_state, make_optimizer, make_train_step, state_sharding,
-                                  step_fn)
+    from seqgen_jax.parallel import Placement
+    from seqgen_jax.step import init_train_state, make_optimizer, step_fn
 
     cfg = RunConfig().override(**{"model.embed": e, "model.hidden": h, "model.vocab_size": V,
                                   "model.layers": layers, "model.backend": backend, "model.unroll": unroll,
@@ -34,12 +33,10 @@ def jax_train(e, h, V, B, T, *, backend="auto", precision="fp32", unroll=0, shar
     rows = rng.integers(4, V, size=(B + 1, T + 1)).astype(np.int32)
     rows[-1] = 0  # the all-padding row that fills batches up to a multiple of the devices
     if sharded:
-        mesh = shd.make_mesh("all")
-        state = {"s": jax.device_put(init_train_state(cfg, tx), state_sharding(mesh))}
-        step = make_train_step(cfg, tx, mesh)
-        data = shd.put(rows, shd.replicated(mesh))
-        n_dev = mesh.devices.size
-        idx = idx_placer(mesh)(np.concatenate([np.arange(B), np.full((-B) % n_dev, B)]).astype(np.int32))
+        place = Placement.for_devices("all")
+        state = {"s": place.put_state(init_train_state(cfg, tx))}
+        step = place.train_step(cfg, tx)
+        data, idx = place.put_rows(rows), place.put_idx(np.arange(B, dtype=np.int32), B)
     else:
         state = {"s": jax.device_put(init_train_state(cfg, tx))}
         step = jax.jit(step_fn(cfg, tx), donate_argnums=(0,))
@@ -77,27 +74,26 @@ def jax_epoch(strings, e, h, budget, *, backend="auto", precision="fp32", epochs
     """(warm epoch seconds, compile seconds, split): bucketing and the per-step index transfers included."""
     import jax
 
-    from seqgen_jax import sharding as shd
+    from seqgen_jax.buckets import BucketedSplit, epoch_order
     from seqgen_jax.config import RunConfig
     from seqgen_jax.data.vocab import Ragged, Vocab
-    from seqgen_jax.train import (BucketedSplit, epoch_order, idx_placer, init_train_state, make_optimizer,
-                                  make_train_step, state_sharding)
+    from seqgen_jax.parallel import Placement
+    from seqgen_jax.step import init_train_state, make_optimizer
 
     vocab = Vocab.from_symbols("()")
     cfg = RunConfig().override(**{"model.embed": e, "model.hidden": h, "model.vocab_size": len(vocab),
                                   "model.backend": backend, "model.precision": "bf16" if precision == "bf16" else "fp32",
                                   "train.max_buckets": max_buckets})
-    mesh = shd.make_mesh("all")
+    place = Placement.for_devices("all")
     tx = make_optimizer(cfg, 10_000)
-    state = jax.device_put(init_train_state(cfg, tx), state_sharding(mesh))
-    step = make_train_step(cfg, tx, mesh)
-    put = idx_placer(mesh)
+    state = place.put_state(init_train_state(cfg, tx))
+    step = place.train_step(cfg, tx)
     times = []
     for epoch in range(epochs):
         t = time.perf_counter()
-        split = BucketedSplit.build(Ragged.from_strings(strings, vocab), budget, cfg.train.max_buckets, mesh)
+        split = BucketedSplit.build(Ragged.from_strings(strings, vocab), budget, cfg.train.max_buckets, place)
         for b, idx in epoch_order(split.plan, 0, epoch):
-            state, m = step(state, split.data[b], put(split.device_idx(b, idx)))
+            state, m = step(state, *split.batch(b, idx))
         jax.block_until_ready(state["params"])
         times.append(time.perf_counter() - t)
     return times, times[0] - min(times[1:]), split

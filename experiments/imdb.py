@@ -12,7 +12,7 @@ REPORT = {"model.embed": 250, "model.hidden": 250, "model.layers": 1, "train.lr"
 # passes. The probes and the full runs (1.868 test bits/char for this one) are in the README's Experiments.
 CPU = {"model.embed": 64, "model.hidden": 384, "model.layers": 1, "model.dropout": 0.0, "train.lr": 0.01,
        "train.epochs": 2, "train.max_tokens": 2048, "data.chunk": 64, "train.max_time": "30m",
-       "data.n_train": 16_000, "data.n_val": 1000}
+       "data.n_train": 16_000, "data.n_val": 1000, "data.carry_state": False}
 GPU = {"model.embed": 128, "model.hidden": 1024, "model.layers": 2, "model.dropout": 0.25, "train.lr": 0.002,
        "train.epochs": 8, "train.max_tokens": 131_072, "data.chunk": 512, "train.max_time": "10m",
        "model.precision": "bf16"}

@@ -34,18 +34,19 @@ class Study:
 def _train_one(args: tuple) -> dict:
     """Train (or resume, or skip) one configuration, then evaluate it. Runs in its own process."""
     study_dir, name, dataset, overrides, device, eval_args = args
-    from seqgen_jax.config import RunConfig
     from seqgen_jax.presets import preset_config
+    from seqgen_jax.run import RunDir
 
-    run = Path(study_dir) / name
+    rd = RunDir(Path(study_dir) / name)
+    run = rd.path
     env = dict(os.environ)
     if device is not None:  # one configuration per accelerator
         env["CUDA_VISIBLE_DEVICES"] = str(device)
     cmd = [sys.executable, "-m", "seqgen_jax", "train", dataset, "--run-dir", str(run)]
     done = False
-    if (run / "config.json").exists():
-        cfg = RunConfig.from_json(json.loads((run / "config.json").read_text()))
-        epochs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"epoch"' in l]
+    if rd.exists():
+        cfg = rd.load_config()
+        epochs = rd.epoch_records()
         done = bool(epochs) and epochs[-1]["epoch"] >= cfg.train.epochs
         cmd.append("--resume")
     else:
@@ -60,7 +61,7 @@ def _train_one(args: tuple) -> dict:
     if p.returncode:
         return {"config": name, "error": p.stderr.strip().splitlines()[-1] if p.stderr else "eval failed"}
     ev = json.loads(p.stdout)
-    epochs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"epoch"' in l]
+    epochs = rd.epoch_records()
     last = epochs[-1]
     row = {"config": name, "epochs": last["epoch"], "wall_s": last.get("elapsed"),
            "tokens_per_s": sum(e["tokens_per_s"] for e in epochs) / len(epochs),

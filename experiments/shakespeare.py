@@ -65,7 +65,9 @@ def run_lstm(name: str, flags: list[str], out: Path) -> dict:
     rc, seconds, _ = _timed_lines(cmd, out / f"{name}.log")
     if rc:
         return {"config": name, "error": f"train exited {rc}; see {out / (name + '.log')}"}
-    recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    from seqgen_jax.run import RunDir
+
+    recs = RunDir(run).read_metrics()
     epochs = [r for r in recs if "epoch" in r]
     last = epochs[-1]
     p = subprocess.run([sys.executable, "-m", "seqgen_jax", "sample", str(run), "--n", "3", "--max-len", "400",

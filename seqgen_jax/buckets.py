@@ -178,3 +178,55 @@ def fixed_order(plan: BucketPlan) -> list[tuple[int, np.ndarray]]:
         pos = np.concatenate([np.arange(n_b), np.full(fill, n_b)]).astype(np.int32)
         out.extend((b, chunk) for chunk in pos.reshape(-1, bk.batch))
     return out
+
+
+# ---------------------------------------------------------------- a split on the device
+@dataclass
+class BucketedSplit:
+    """A split's rows as one padded device matrix per bucket (last row all padding), with its plan:
+    what training iterates and what every scoring of a split (validation CE, per-sequence
+    log-probabilities) iterates too."""
+
+    plan: BucketPlan
+    data: list  # per bucket: device array (n_b + 1, L + 1) int32
+    n_tokens: int  # real predictions (padding excluded)
+    placement: object  # parallel.Placement
+    _lengths: list | None = None
+
+    @classmethod
+    def build(cls, seqs: Ragged, max_tokens: int, max_buckets: int, placement, chunk=None,
+              cap_batch: bool = True) -> "BucketedSplit":
+        """The plan does not depend on the device count, so a run's batches are the same on any
+        machine; `batch` fills each one up to a multiple of the devices with padding rows."""
+        import sys
+
+        rows = make_rows(seqs, chunk)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            plan = plan_buckets(rows.lengths - 1, max_tokens, max_buckets, cap_batch=cap_batch)
+        for w in caught[:1]:
+            print(f"warning: {w.message}", file=sys.stderr)
+        data = [placement.put_rows(pad_rows(rows, plan.members(b), bk.length + 1)) for b, bk in enumerate(plan.buckets)]
+        return cls(plan, data, int((rows.lengths - 1).sum()), placement)
+
+    def batch(self, b: int, idx: np.ndarray):
+        """(bucket matrix, placed row positions) for a step: `step(state, *split.batch(b, idx))`."""
+        return self.data[b], self.placement.put_idx(idx, self.data[b].shape[0] - 1)
+
+    def real_tokens(self, b: int, idx: np.ndarray) -> int:
+        """Real (unpadded) predictions in one batch."""
+        if self._lengths is None:  # per bucket, once: the loop calls this every step
+            self._lengths = [self.plan.lengths[self.plan.members(k)] for k in range(len(self.plan.buckets))]
+        lens = self._lengths[b]
+        return int(lens[idx[idx < len(lens)]].sum())
+
+    def score(self, eval_step, params) -> tuple[float, float]:
+        """(cross-entropy in bits per token, number of tokens) over the whole split."""
+        from .data.base import LN2
+
+        tot = 0.0, 0.0
+        for b, idx in fixed_order(self.plan):
+            nll, n = eval_step(params, *self.batch(b, idx))
+            tot = (tot[0] + nll, tot[1] + n)
+        nll, n = float(tot[0]), float(tot[1])
+        return nll / max(n, 1.0) / LN2, n

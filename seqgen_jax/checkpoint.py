@@ -1,6 +1,6 @@
 """Orbax checkpoints of a run: the only module that imports orbax.
 
-Layout under the run directory: `checkpoints/<step>/` keeps the latest few, `best/<step>/` the one
+Two folders (named by `run.RunDir`): the latest few checkpoints, and the one
 with the lowest validation loss. Each holds three items: `params` (what sampling needs), `train`
 (optimiser state, step, epoch accumulators) and `meta` (JSON: epoch, batch position, best loss).
 Orbax writes each checkpoint to a temporary folder and renames it when complete, so a killed run
@@ -50,11 +50,15 @@ def _manager(path: Path, keep: int, create: bool) -> ocp.CheckpointManager:
 
 
 class Checkpointer:
-    def __init__(self, run_dir, keep: int = 3, create: bool = True, primary: bool = True):
-        self.run_dir = Path(run_dir)
+    """The latest few checkpoints in `latest_dir`, the best one in `best_dir` (`RunDir.checkpointer`
+    names both)."""
+
+    def __init__(self, latest_dir, best_dir, *, keep: int = 3, create: bool = True, primary: bool = True):
+        self.dirs = {"latest": Path(latest_dir), "best": Path(best_dir)}
+        self.run_dir = self.dirs["latest"].parent  # for messages and `settle`
         self.primary = primary
-        self.latest = _manager(self.run_dir / "checkpoints", keep, create)
-        self.best = _manager(self.run_dir / "best", 1, create)
+        self.latest = _manager(self.dirs["latest"], keep, create)
+        self.best = _manager(self.dirs["best"], 1, create)
         _OPEN.add(self)
 
     def save(self, step: int, params, train_state, meta: dict, best: bool = False) -> None:
@@ -82,8 +86,7 @@ class Checkpointer:
     def _remove_temporaries(self) -> None:
         import shutil
 
-        for sub in ("checkpoints", "best"):
-            d = self.run_dir / sub
+        for d in self.dirs.values():
             if d.is_dir():
                 for p in d.iterdir():
                     if "orbax-checkpoint-tmp" in p.name:
@@ -132,7 +135,7 @@ class Checkpointer:
             other = self.latest.latest_step() if which == "best" else self.best.latest_step()
             if other is not None:
                 alt = "latest" if which == "best" else "best"
-                raise UserError(f"{self.run_dir} has no {which} checkpoint ({'best' if which == 'best' else 'checkpoints'}/ "
+                raise UserError(f"{self.run_dir} has no {which} checkpoint ({self.dirs['best' if which == 'best' else 'latest'].name}/ "
                                 f"is empty); use --checkpoint {alt} (step {other})")
             raise UserError(f"{self.run_dir} has no checkpoints yet; train it first (seqgen train ... "
                             f"--run-dir {self.run_dir})")

@@ -44,7 +44,7 @@ def _add_train(sub) -> None:
     g.add_argument("--voc", type=int, help="keep the K most frequent tokens of the training split, the rest .unk")
     g.add_argument("--split", help="text:PATH: contiguous train,val,test fractions (default 0.9,0.05,0.05)")
     g.add_argument("--carry-state", action=argparse.BooleanOptionalAction, default=None,
-                   help="text:PATH: carry the LSTM state across windows (truncated BPTT; default on)")
+                   help="text:PATH and imdb: carry the LSTM state across windows (truncated BPTT; default on)")
     g.add_argument("--eval-every", type=int, help="text:PATH: also score val every N steps")
     g.add_argument("--sample-every", type=int, help="print a short sample every N steps")
     g = t.add_argument_group("any setting")
@@ -69,21 +69,11 @@ FLAG_TO_FIELD = {
 }
 
 
-def absolute_spec(spec: str) -> str:
-    """`text:`/`pcfg:`/`pfsa:` paths made absolute, so the run's config.json works from any folder."""
-    import os
-
-    from .data import PATH_KINDS
-
-    kind, sep, rest = spec.partition(":")
-    if sep and kind.lower() in PATH_KINDS and rest:
-        return f"{kind.lower()}:{os.path.abspath(os.path.expanduser(rest))}"
-    return spec
-
-
 def config_from_args(a):
     from .config import parse_duration
     from .presets import preset_config
+
+    from .data import absolute_spec
 
     a.name = absolute_spec(a.name)
     if a.imdb is not None:  # a relative path must keep working from another folder
@@ -125,7 +115,7 @@ def cmd_train(a) -> None:
     validate(cfg)
     run_dir = Path(a.run_dir or Path("runs") / (Path(a.name.split(":", 1)[1]).stem if ":" in a.name and
                                                  a.name.split(":")[0] in ("text", "pcfg", "pfsa") else a.name.split(":")[0]))
-    from . import sharding
+    from . import parallel
 
     if a.coordinator is None and (a.num_processes is not None or a.process_id is not None):
         raise UserError("--num-processes and --process-id need --coordinator host:port (or a SLURM launch)")
@@ -142,102 +132,41 @@ def cmd_train(a) -> None:
     if a.num_processes is not None and not (a.num_processes >= 1 and 0 <= (a.process_id or 0) < a.num_processes):
         raise UserError(f"--process-id {a.process_id} must be in [0, --num-processes {a.num_processes})")
     try:
-        sharding.maybe_initialize_distributed(a.coordinator, a.num_processes, a.process_id)
+        parallel.maybe_initialize_distributed(a.coordinator, a.num_processes, a.process_id)
     except (ValueError, RuntimeError) as e:
         raise UserError(f"cannot start the multi-host runtime with --coordinator {a.coordinator}: "
                         f"{str(e).splitlines()[0][:200]}") from None
-    from .train import RunDir, train
+    from .run import RunDir
+    from .train import train
 
     if a.resume:
-        run = RunDir(run_dir)
-        saved = run.load_config() if run.exists() else None
-        if saved is None:
-            raise UserError(f"--resume: {run_dir} is not a run directory; start it without --resume")
-        if a.name != saved.data.name:
-            raise UserError(f"--resume: {run_dir} trains {saved.data.name!r}, not {a.name!r}; resume with "
-                            f"seqgen train {saved.data.name} --run-dir {run_dir} --resume")
         # Settings not given on the command line come from the run itself; only the length of the run
-        # (--epochs, --max-time) may change, and a new --epochs is written to config.json.
-        # --imdb may point at a moved archive: it is where the corpus is, not a setting of the run.
-        movable = ("train.epochs", "train.max_time", "data.imdb")
-        cfg = saved.override(**{k: v for k, v in given.items() if k in movable})
-        clash = [k for k, v in given.items() if k not in movable
-                 and v != getattr(getattr(saved, k.split(".")[0]), k.split(".")[1])]
-        if clash:
-            flags = {v: "--" + k.replace("_", "-") for k, v in FLAG_TO_FIELD.items()}
-            raise UserError(f"--resume: {', '.join(flags.get(k, '--set ' + k) for k in clash)} "
-                            f"differ from the run's config.json; resume with the saved settings or use a new --run-dir")
+        # (--epochs, --max-time) and where the IMDb archive is (--imdb) may change.
+        flags = {v: "--" + k.replace("_", "-") for k, v in FLAG_TO_FIELD.items()}
+        cfg = RunDir(run_dir).resume_config(cfg, given, name_of=lambda k: flags.get(k, "--set " + k))
     rec = train(cfg, run_dir, resume=a.resume)
     if rec:
         print(f"run directory: {run_dir}")
 
 
-def _restore(run_dir: str, checkpoint: str):
-    """(cfg, vocab, params, step) from a run directory alone."""
-    import jax
-
-    from .checkpoint import Checkpointer
-    from .data.vocab import Vocab
-    from .model import init_params
-    from .train import RunDir
-
-    run = RunDir(run_dir)
-    cfg = run.load_config()
-    if not ((run.path / "checkpoints").is_dir() or (run.path / "best").is_dir()):
-        raise UserError(f"{run.path} has no checkpoints yet; train it first (seqgen train ... --run-dir {run.path})")
-    vocab = Vocab.load(run.path / "vocab.json")
-    like = jax.eval_shape(lambda: init_params(cfg.model, 0))
-    ck = Checkpointer(run.path, create=False)
-    step, params, _, _ = ck.restore(checkpoint, like)
-    ck.close()
-    return cfg, vocab, params, step
-
-
-def _with_imdb_source(cfg, flag: str | None):
-    """Where an IMDb run's corpus is now: --imdb, else the path the run was trained with if it still
-    exists, else $SEQGEN_IMDB (so a moved archive needs no edit of config.json)."""
-    import os
-    from dataclasses import replace
-
-    if cfg.data.name.split(":")[0] != "imdb":
-        if flag is not None:
-            raise UserError(f"--imdb applies to IMDb runs; this run trains {cfg.data.name}")
-        return cfg
-    if flag is not None:
-        src = os.path.abspath(os.path.expanduser(flag))
-    elif cfg.data.imdb and Path(cfg.data.imdb).exists():
-        src = cfg.data.imdb
-    else:
-        src = None  # resolve_source reads $SEQGEN_IMDB, or says how to get the corpus
-    return replace(cfg, data=replace(cfg.data, imdb=src))
-
-
 def cmd_sample(a) -> None:
-    import jax
-
-    from .sample import check_sampling_args, sample
+    from .api import load
 
     if a.top_k is not None and a.top_k < 1:
         raise UserError(f"--top-k {a.top_k} must be >= 1 (leave it out to sample from every token)")
-    top_k = a.top_k or 0
-    check_sampling_args(a.n, a.temperature, top_k, a.max_len)
-    cfg, vocab, params, step = _restore(a.run, a.checkpoint)
-    from .data import CORPORA, get_language
+    run = load(a.run, a.checkpoint)
+    rows = run.sample_records(a.n, a.temperature, a.top_k or 0, a.prompt, a.max_len, a.seed)
+    for row in rows:
+        print(row["text"] if a.format == "text" else json.dumps(row, ensure_ascii=False))
 
-    kind = cfg.data.name.split(":")[0]
-    lang = None if kind in CORPORA else get_language(cfg.data.name)
-    s = sample(params, cfg.model, vocab, n=a.n, key=jax.random.key(a.seed), temperature=a.temperature,
-               top_k=top_k, prompt=a.prompt, max_len=a.max_len, unk_seen=cfg.data.voc is not None,
-               stream=kind == "text")
-    for text, ended in zip(s.texts(vocab), s.ended):
-        if a.format == "text":
-            print(text)
-            continue
-        row = {"text": text, "ended": bool(ended)}
-        if lang is not None:
-            lp = lang.log2_prob(text) if ended else -math.inf
-            row.update({"valid": lp > -math.inf, "log2_prob": lp if lp > -math.inf else None})
-        print(json.dumps(row, ensure_ascii=False))
+
+def _limit(text: str) -> int | str:
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'all'") from None
 
 
 def _temperatures(text: str) -> tuple[float, ...]:
@@ -251,22 +180,12 @@ def _temperatures(text: str) -> tuple[float, ...]:
 
 
 def cmd_eval(a) -> None:
-    from .data import build_dataset
-    from .evaluate import evaluate
-    from .sample import check_sampling_args
+    from .api import load
 
     temps = _temperatures(a.temperatures)
-    if a.samples < 1:
-        raise UserError(f"--samples {a.samples} must be >= 1")
-    check_sampling_args(a.samples, 0.0, 0, a.max_len)
-    if a.limit is not None and a.limit < 1:
-        raise UserError(f"--limit {a.limit} must be >= 1")
-    cfg, vocab, params, step = _restore(a.run, a.checkpoint)
-    cfg = _with_imdb_source(cfg, a.imdb)
-    ds = build_dataset(cfg.data)
-    out = evaluate(params, cfg, ds, split=a.split, limit=a.limit, samples=a.samples, temperatures=temps,
-                   max_len=a.max_len, seed=a.seed, run_dir=Path(a.run))
-    out = {"run": a.run, "checkpoint_step": int(step), "dataset": ds.spec, **out}
+    out = load(a.run, a.checkpoint).evaluate(split=a.split, samples=a.samples, temperatures=temps,
+                                            max_len=a.max_len, seed=a.seed, limit=a.limit, imdb=a.imdb)
+    out["run"] = a.run
     if a.json:
         from .io import json_safe
 
@@ -298,7 +217,9 @@ def add_commands(sub) -> None:
     e.add_argument("run")
     e.add_argument("--checkpoint", default="latest")
     e.add_argument("--split", choices=("val", "test"), default="test")
-    e.add_argument("--limit", type=int, help="score only the first N held-out sequences")
+    e.add_argument("--limit", type=_limit, help="score N held-out sequences drawn at random with --seed (stratified "
+                   "by label for IMDb), or 'all' (IMDb: every one of the 25,000 official test reviews, "
+                   "whatever the run's --n-test); a text corpus: a random excerpt of N tokens")
     e.add_argument("--samples", type=int, default=1000)
     e.add_argument("--temperatures", default="0,0.5,1")
     e.add_argument("--max-len", type=int, default=1000)

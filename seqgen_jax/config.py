@@ -25,7 +25,7 @@ class DataConfig:
     keep_br: bool = False  # imdb: keep `<br />` instead of '\n'
     chunk: int | None = None  # train on windows of at most this many tokens (long IMDb reviews; text streams)
     split: str = "0.9,0.05,0.05"  # text:PATH: contiguous train,val,test fractions of the stream
-    carry_state: bool = True  # text:PATH: carry the LSTM state from one window to the next (truncated BPTT)
+    carry_state: bool = True  # text:PATH, imdb: carry the LSTM state from one window to the next (truncated BPTT)
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,9 @@ class RunConfig:
         return replace(self, **parts)
 
 
+DURATIONS = ("train.max_time",)  # seconds, also written 90s / 30m / 2h
+
+
 def parse_setting(cfg: RunConfig, key: str, text: str) -> Any:
     """`--set model.hidden=300`: the text typed from the field's annotation ('int', 'float | None', ...)."""
     section, _, name = key.partition(".")
@@ -116,6 +119,8 @@ def parse_setting(cfg: RunConfig, key: str, text: str) -> Any:
     t = text.strip()
     if "None" in kinds and t.lower() in ("none", "null"):
         return None
+    if key in DURATIONS:  # written as on the command line: 90s, 30m, 2h
+        return parse_duration(t)
     for kind in kinds:
         try:
             if kind == "bool" and t.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):

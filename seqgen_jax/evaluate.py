@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .buckets import fixed_order, make_rows, pad_rows, plan_buckets
+from .buckets import fixed_order
 from .data.base import LN2
 from .config import RunConfig
 from .data import Dataset
@@ -44,25 +43,31 @@ _FORWARD_CACHE: dict = {}
 
 def score_sequences(params, cfg: RunConfig, seqs: Ragged, max_tokens: int | None = None):
     """Per sequence: model log2-probability (end marker included) and the model's argmax next token
-    at every position (len + 1 of them), batched on the same buckets as training."""
+    at every position (len + 1 of them), on the same device-resident buckets as training."""
+    from .buckets import BucketedSplit
+    from .parallel import Placement
+
     fwd = _FORWARD_CACHE.setdefault(cfg.model, _make_forward(cfg))
-    rows = make_rows(seqs)
+    # Whole sequences, so the budget must hold several of the longest (a row over the budget gets a
+    # batch of one and a compilation of its own: 2,000 IMDb reviews under the training budget of
+    # 2,048 tokens took 4x longer). Forward only, so a large budget fits where training's would not.
+    longest = int(seqs.lengths.max()) + 1 if len(seqs) else 1
+    budget = max_tokens or max(cfg.train.max_tokens, 1 << 16, 4 * longest)
     # Few shapes: each is a compilation (~0.3 s on CPU), and scoring is one pass, so padding is cheap.
-    plan = plan_buckets(rows.lengths - 1, max_tokens or cfg.train.max_tokens, min(cfg.train.max_buckets, 4))
+    split = BucketedSplit.build(seqs, budget, 6, Placement())
+    plan = split.plan
     log2p = np.zeros(len(seqs))
     preds: list = [None] * len(seqs)
-    for b, bk in enumerate(plan.buckets):
+    for b, idx in fixed_order(plan):
         members = plan.members(b)
-        data = jnp.asarray(pad_rows(rows, members, bk.length + 1))
-        for _, idx in (x for x in fixed_order(plan) if x[0] == b):
-            lp, am = jax.device_get(fwd(params, data, jnp.asarray(idx)))
-            for r, i in enumerate(idx):
-                if i >= len(members):
-                    continue
-                j = members[i]
-                L = len(seqs[j]) + 1
-                log2p[j] = lp[r, :L].sum() / LN2
-                preds[j] = am[r, :L]
+        lp, am = jax.device_get(fwd(params, *split.batch(b, idx)))
+        for r, i in enumerate(idx):
+            if i >= len(members):
+                continue
+            j = members[i]
+            L = len(seqs[j]) + 1
+            log2p[j] = lp[r, :L].sum() / LN2
+            preds[j] = am[r, :L]
     return log2p, preds
 
 
@@ -90,11 +95,9 @@ def text_stats(texts: list[str]) -> dict:
 
 
 # ---------------------------------------------------------------- truth of the dataset
-def truth_info(ds: Dataset, split: str, run_dir: Path | None = None, limit: int | None = None,
-               seed: int = 0) -> dict:
-    """Entropy floor and the best n-gram baseline on `split` (cached in the run directory)."""
-    name = f"truth-{split}.json" if limit is None else f"truth-{split}-{limit}-seed{seed}.json"
-    path = run_dir / name if run_dir else None
+def truth_info(ds: Dataset, split: str, run=None, limit: int | None = None, seed: int = 0) -> dict:
+    """Entropy floor and the best n-gram baseline on `split` (cached in the `run.RunDir` if given)."""
+    path = run.truth_path(split, limit, seed) if run is not None else None
     if path and path.exists():
         return json.loads(path.read_text())
     info = {}
@@ -221,7 +224,7 @@ def evaluate(params, cfg: RunConfig, ds: Dataset, **kw) -> dict:
 
 def evaluate_stream(params, cfg: RunConfig, ds: Dataset, *, split: str = "test", limit: int | None = None,
                     samples: int = 1000, temperatures=(0.0, 0.5, 1.0), max_len: int = 1000, seed: int = 0,
-                    run_dir: Path | None = None) -> dict:
+                    run=None) -> dict:
     """A text corpus: the split scored as one stream with the state carried, and in nanoGPT's
     64-token windows from a zero state; samples' repetition against random excerpts of the split.
     `limit` scores a random contiguous excerpt of that many tokens."""
@@ -259,7 +262,7 @@ def evaluate_stream(params, cfg: RunConfig, ds: Dataset, *, split: str = "test",
 
 def evaluate_scorer(scorer, ds: Dataset, *, split: str = "test", limit: int | None = None,
                     samples: int = 1000, temperatures=(0.0, 0.5, 1.0), max_len: int = 1000, seed: int = 0,
-                    run_dir: Path | None = None) -> dict:
+                    run=None) -> dict:
     # A random subset (stratified by label where there are labels), never the front of a sorted list.
     seqs = ds.split(split).take(ds.subset(split, limit, seed))
     log2p, preds = scorer.score(seqs)
@@ -269,7 +272,7 @@ def evaluate_scorer(scorer, ds: Dataset, *, split: str = "test", limit: int | No
            "perplexity": float(2.0 ** ce)}
     if ds.language is not None:
         lang = ds.language
-        info = truth_info(ds, split, run_dir, limit, seed)
+        info = truth_info(ds, split, run, limit, seed)
         ent = info["split_true_bits"] / info["split_tokens"]
         out.update({"entropy_bits_per_token": ent, "kl_bits_per_token": ce - ent,
                     "floor_bits_per_token": info["floor_bits_per_token"], "floor_exact": info["floor_exact"],
@@ -310,11 +313,12 @@ class EpochEvaluator:
     """Called after each epoch: KL on the validation split, valid rates at T = 0 and 1, and the
     course's ten samples per temperature, scored, in samples/epoch-N.jsonl."""
 
-    def __init__(self, cfg: RunConfig, ds: Dataset, run_dir: Path | None):
-        self.cfg, self.ds, self.run_dir = cfg, ds, run_dir
-        self.info = truth_info(ds, "val", run_dir) if ds.language is not None else {}
-        if run_dir is not None:
-            atomic_write_json(run_dir / "truth.json", self.info)
+    def __init__(self, cfg: RunConfig, ds: Dataset, run):
+        """run: the `run.RunDir` to write truth and samples into (None on non-primary processes)."""
+        self.cfg, self.ds, self.run = cfg, ds, run
+        self.info = truth_info(ds, "val", run) if ds.language is not None else {}
+        if run is not None:
+            atomic_write_json(run.truth_path(), self.info)
 
     def __call__(self, params, epoch: int, val_ce: float) -> dict:
         ds, cfg = self.ds, self.cfg
@@ -337,9 +341,6 @@ class EpochEvaluator:
             for t in (0.0, 1.0):
                 texts, ended, _ = scorer.sample(10, t, epoch, 300)
                 rows += [{"temperature": t, "text": x, "ended": bool(e)} for x, e in zip(texts, ended)]
-        if self.run_dir is not None:
-            from .io import atomic_write_text
-
-            atomic_write_text(self.run_dir / "samples" / f"epoch-{epoch}.jsonl",
-                              "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        if self.run is not None:
+            self.run.write_samples(epoch, rows)
         return out

@@ -24,19 +24,14 @@ def _save(fig, path: Path) -> None:
         plt.close(fig)
 
 
-def plot_run(run_dir, cfg) -> None:
-    run_dir = Path(run_dir)
-    recs = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        try:
-            recs.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
+def plot_run(run, cfg) -> None:
+    """run: a `run.RunDir`."""
+    recs = run.read_metrics()
     steps = [r for r in recs if "epoch" not in r]
     epochs = [r for r in recs if "epoch" in r]
     if not epochs:
         return
-    truth_path = run_dir / "truth.json"
+    truth_path = run.truth_path()
     truth = json.loads(truth_path.read_text()) if truth_path.exists() else {}
     ep = [r["epoch"] for r in epochs]
 
@@ -48,7 +43,7 @@ def plot_run(run_dir, cfg) -> None:
     if steps:
         a2.plot([r["step"] for r in steps], [r["loss"] / LN2 for r in steps], lw=0.8)
     a2.set(xlabel="step", ylabel="batch loss (bits/token)", title="Loss per logged step")
-    _save(fig, run_dir / "loss.png")
+    _save(fig, run.plot_path("loss"))
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     mean = [r["grad_norm_mean"] for r in epochs]
@@ -62,7 +57,7 @@ def plot_run(run_dir, cfg) -> None:
         a2.plot([r["step"] for r in steps], [r["grad_norm"] for r in steps], lw=0.8)
         a2.axhline(cfg.train.clip, color="r", ls=":")
     a2.set(xlabel="step", ylabel="gradient norm", title="Gradient norm per logged step")
-    _save(fig, run_dir / "grad_norm.png")
+    _save(fig, run.plot_path("grad_norm"))
 
     if "floor_bits_per_token" in truth:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -72,11 +67,11 @@ def plot_run(run_dir, cfg) -> None:
                    label=f"best n-gram (order {truth['best_ngram_order']})")
         ax.set(xlabel="epoch", ylabel="bits per token", title="Cross-entropy against the floor")
         ax.legend()
-        _save(fig, run_dir / "ce_vs_floor.png")
+        _save(fig, run.plot_path("ce_vs_floor"))
     if any("valid_rate_1.0" in r for r in epochs):
         fig, ax = plt.subplots(figsize=(6, 4))
         for t in ("0.0", "1.0"):
             ax.plot(ep, [r.get(f"valid_rate_{t}") for r in epochs], "o-", label=f"T = {t}")
         ax.set(xlabel="epoch", ylabel="share of valid samples", ylim=(0, 1.02), title="Valid samples")
         ax.legend()
-        _save(fig, run_dir / "valid_rate.png")
+        _save(fig, run.plot_path("valid_rate"))

@@ -68,7 +68,7 @@ def _window_nll(params, window, carry: LSTMState, cfg: RunConfig, dropout_key=No
 def make_stream_step(cfg: RunConfig, tx, chunk: int):
     """step(state, data (B, cols) int32, start int32) -> (state, {"loss", "grad_norm"}); state carries
     "carry": the LSTMState after the previous window (zeros at an epoch's start)."""
-    from .train import _apply_grads, _dropout_key
+    from .step import apply_grads, dropout_key
 
     carry_on = cfg.data.carry_state
 
@@ -76,7 +76,7 @@ def make_stream_step(cfg: RunConfig, tx, chunk: int):
         B = data.shape[0]
         window = jax.lax.dynamic_slice(data, (jnp.int32(0), start), (B, chunk + 1))
         carry = LSTMState(*jax.lax.stop_gradient(state["carry"])) if carry_on else zero_state(cfg.model, B)
-        key = _dropout_key(cfg, state["step"])
+        key = dropout_key(cfg, state["step"])
 
         def loss(params):
             return _window_nll(params, window, carry, cfg, key)
@@ -84,7 +84,7 @@ def make_stream_step(cfg: RunConfig, tx, chunk: int):
         (nll, new_carry), grads = jax.value_and_grad(loss, has_aux=True)(state["params"])
         n = (window[:, 1:] != PAD_ID).sum().astype(jnp.float32)
         core = {k: v for k, v in state.items() if k != "carry"}
-        new, metrics = _apply_grads(tx, core, nll, n, grads)
+        new, metrics = apply_grads(tx, core, nll, n, grads)
         new["carry"] = tuple(new_carry)
         return new, metrics
 
@@ -171,11 +171,12 @@ def stream_metrics(params, cfg: RunConfig, ids: np.ndarray, *, unit: str, window
 
 
 # ---------------------------------------------------------------- the loop
-def _sample_text(params, cfg: RunConfig, vocab, n: int, temperature: float, seed: int, max_len: int) -> list[str]:
+def _sample_text(params, cfg: RunConfig, vocab, n: int, temperature: float, seed: int, max_len: int,
+                 framed: bool) -> list[str]:
     from .sample import sample
 
     s = sample(params, cfg.model, vocab, n=n, key=jax.random.key(seed), temperature=temperature,
-               max_len=max_len, stream=True, unk_seen=cfg.data.voc is not None)
+               max_len=max_len, stream=not framed, unk_seen=cfg.data.voc is not None)
     return s.texts(vocab)
 
 
@@ -184,15 +185,13 @@ def train_stream(cfg: RunConfig, run, ds, *, resume: bool, log, primary: bool, t
     `eval_every` steps), a progress line about every 10 s, resumable from any checkpoint."""
     import time
 
-    from .io import atomic_write_text
     from .model import count_params
-    from .train import (_fmt_time, _flush_step_record, _zero_acc, close_epoch, init_train_state, make_optimizer,
-                        make_schedule, open_run, record_epoch, save_at_deadline)
-
-    import json
+    from .step import init_train_state, make_optimizer, make_schedule, zero_acc
+    from .train import _fmt_time, _flush_step_record, close_epoch, open_run, record_epoch, save_at_deadline
 
     chunk = default_chunk(cfg)
-    train_ids, val_ids = ds.info["stream"]["train"], ds.info["stream"]["val"]
+    ts = ds.info["train_stream"]
+    train_ids, val_ids, unit = ts["train"], ts["val"], ts["unit"]
     B, cols = layout(len(train_ids), cfg.train.max_tokens, chunk)
     if cols < chunk + 1:
         from .errors import UserError
@@ -206,9 +205,8 @@ def train_stream(cfg: RunConfig, run, ds, *, resume: bool, log, primary: bool, t
     state = init_train_state(cfg, tx)
     state["carry"] = zero_carry(cfg, B)
     state = jax.device_put(state, dev)
-    unit = ds.info["unit"]
-    log(f"{ds.spec}: {len(train_ids):,} train / {len(val_ids):,} val {unit}s ({ds.info['fractions']}), "
-        f"vocab {len(ds.vocab)}, unigram {ds.info['unigram_bits_per_token']:.3f} bits/{unit}; model "
+    log(f"{ds.spec}: {len(train_ids):,} train / {len(val_ids):,} val {unit}s ({ts['about']}), "
+        f"vocab {len(ds.vocab)}; model "
         f"{cfg.model.embed}/{cfg.model.hidden}x{cfg.model.layers} ({count_params(state['params']):,} params) on "
         f"{dev.platform}")
     log(f"train: {B} streams x {cols:,} {unit}s, windows of {chunk}, {nwin} steps per epoch, state "
@@ -235,7 +233,7 @@ def train_stream(cfg: RunConfig, run, ds, *, resume: bool, log, primary: bool, t
     for epoch in range(opened.epoch, cfg.train.epochs):
         first = opened.batch if epoch == opened.epoch else 0
         if first == 0:
-            state["acc"] = jax.device_put(_zero_acc(), dev)
+            state["acc"] = jax.device_put(zero_acc(), dev)
             state["carry"] = jax.device_put(zero_carry(cfg, B), dev)
         off = epoch_offset(cfg.train.seed, epoch, chunk, cols)
         t_epoch, t_log, t_progress, pending, toks_since = time.time(), time.time(), time.time(), None, 0
@@ -263,7 +261,7 @@ def train_stream(cfg: RunConfig, run, ds, *, resume: bool, log, primary: bool, t
                 if primary:
                     run.append_metrics(rec)
             if cfg.train.sample_every and gstep % cfg.train.sample_every == 0:
-                text = _sample_text(state["params"], cfg, ds.vocab, 1, 1.0, gstep, 200)[0]
+                text = _sample_text(state["params"], cfg, ds.vocab, 1, 1.0, gstep, 200, ts["framed"])[0]
                 log(f"  sample at step {gstep}: {text!r}")
             if time.time() > deadline and k + 1 < nwin:
                 stopped = save_at_deadline(ckpt, run, state, pending, schedule, primary, log, gstep=gstep,
@@ -287,9 +285,9 @@ def train_stream(cfg: RunConfig, run, ds, *, resume: bool, log, primary: bool, t
         best_val = record_epoch(run, ckpt, cfg, state, rec, epoch, best_val, primary)
         if primary:
             rows = [{"temperature": t, "text": x} for t in (0.0, 1.0)
-                    for x in _sample_text(state["params"], cfg, ds.vocab, 1 if t == 0 else 4, t, epoch, 300)]
-            atomic_write_text(run.path / "samples" / f"epoch-{epoch + 1}.jsonl",
-                              "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+                    for x in _sample_text(state["params"], cfg, ds.vocab, 1 if t == 0 else 4, t, epoch, 300,
+                                             ts["framed"])]
+            run.write_samples(epoch + 1, rows)
         per = "char" if unit == "char" else "token"
         log(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {train_bits:.4f}  val {rec['val_ce_bits_per_token']:.4f} "
             f"bits/{unit} ({rec[f'val_nats_per_{per}']:.4f} nats; {rec[f'val_nats_per_{per}_window64']:.4f} in "

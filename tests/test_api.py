@@ -69,8 +69,13 @@ def test_set_and_config_flags(tmp_path):
     cfg, given = config_from_args(a)
     assert (cfg.model.hidden, cfg.model.layers, cfg.train.lr, cfg.data.carry_state) == (40, 2, 0.03, False)
     assert cfg.model.embed == sg.config("brackets").model.embed  # untouched fields keep the preset
+    # Durations as on the command line (what experiments/runner.py passes for a study's time limit).
+    for text, seconds in (("30m", 1800.0), ("90s", 90.0), ("2h", 7200.0), ("45", 45.0)):
+        a = build_parser().parse_args(["train", "brackets", "--set", f"train.max_time={text}"])
+        assert config_from_args(a)[0].train.max_time == seconds
     for bad, msg in ((["--set", "model.hiden=3"], "unknown setting"), (["--set", "model.hidden=x"], "expected int"),
-                     (["--set", "model.hidden"], "SECTION.FIELD=VALUE")):
+                     (["--set", "model.hidden"], "SECTION.FIELD=VALUE"),
+                     (["--set", "train.max_time=soon"], "not a duration")):
         with pytest.raises(UserError, match=msg):
             config_from_args(build_parser().parse_args(["train", "brackets", *bad]))
     f.write_text(json.dumps({"model": {"hidden": "big"}}))

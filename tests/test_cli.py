@@ -91,16 +91,16 @@ def test_train_sample_eval_and_restore_in_new_process(trained_run, tmp_path):
     assert 0 <= d["prefix_valid_rate"] <= 1 and 0 <= d["length_tv"] <= 1
 
     # The logits of a process that restores the checkpoint equal the in-process restored parameters'.
-    code = ("import sys, json, jax, jax.numpy as jnp; from seqgen_jax.cli_run import _restore; "
-            "from seqgen_jax.model import apply; cfg, v, p, s = _restore(sys.argv[1], 'latest'); "
+    code = ("import sys, json, jax, jax.numpy as jnp; from seqgen_jax.run import RunDir; "
+            "from seqgen_jax.model import apply; cfg, v, p, s = RunDir(sys.argv[1]).restore('latest'); "
             "l, _ = apply(p, jnp.asarray([[1, 4, 4, 5]]), cfg=cfg.model); print(json.dumps(l.tolist()))")
     import subprocess, sys
     outs = [subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True).stdout
             for _ in range(2)]
-    from seqgen_jax.cli_run import _restore
+    from seqgen_jax.run import RunDir
     from seqgen_jax.model import apply
     import jax.numpy as jnp
-    cfg, _, p, _ = _restore(str(run), "latest")
+    cfg, _, p, _ = RunDir(str(run)).restore("latest")
     here, _ = apply(p, jnp.asarray([[1, 4, 4, 5]]), cfg=cfg.model)
     import numpy as np
     np.testing.assert_allclose(np.array(json.loads(outs[0])), np.asarray(here), rtol=1e-6)

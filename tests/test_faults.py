@@ -161,13 +161,14 @@ def test_eval_on_a_read_only_run_still_reports(monkeypatch, tmp_path):
     from seqgen_jax import evaluate as ev
     from seqgen_jax.config import DataConfig
     from seqgen_jax.data import build_dataset
+    from seqgen_jax.run import RunDir
 
     def refuse(path, obj):
         raise PermissionError(13, "Read-only file system", str(path))
 
     monkeypatch.setattr(ev, "atomic_write_json", refuse)
     ds = build_dataset(DataConfig(name="brackets", n_train=200, n_val=50, n_test=80))
-    info = ev.truth_info(ds, "test", tmp_path, limit=40, seed=1)
+    info = ev.truth_info(ds, "test", RunDir(tmp_path), limit=40, seed=1)
     assert info["floor_bits_per_token"] == pytest.approx(ds.language.entropy().bits_per_token)
     assert info["split_tokens"] == sum(len(ds.strings("test")[i]) + 1 for i in ds.subset("test", 40, 1))
     assert list(tmp_path.iterdir()) == []
@@ -266,3 +267,27 @@ def test_a_full_disk_during_training_is_one_line_and_resumable(run, tmp_path):
         assert epochs == list(range(1, 7))
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_the_one_resume_rule(run, tmp_path):
+    """`RunDir.resume_config`: what a library call and the CLI may change on resume, and what not."""
+    from seqgen_jax.errors import UserError
+    from seqgen_jax.run import RunDir
+
+    rd = RunDir(_copy(run, tmp_path))
+    saved = rd.load_config()
+    # A library call passes a whole config: model and data must match; the length comes from it.
+    longer = saved.override(**{"train.epochs": saved.train.epochs + 3, "train.lr": 0.5})
+    got = rd.resume_config(longer)
+    assert got.train.epochs == saved.train.epochs + 3 and got.train.lr == saved.train.lr
+    with pytest.raises(UserError, match="model.hidden"):
+        rd.resume_config(saved.override(**{"model.hidden": saved.model.hidden + 1}))
+    with pytest.raises(UserError, match="trains 'brackets'"):
+        rd.resume_config(saved.override(**{"data.name": "ndfa"}))
+    # The CLI names what the user gave: other fields keep the run's values, the epochs included.
+    preset = saved.override(**{"train.epochs": 99, "train.lr": 0.123, "model.hidden": 7})
+    got = rd.resume_config(preset, given=[])
+    assert got == saved
+    with pytest.raises(UserError, match="--lr"):
+        rd.resume_config(preset, given=["train.lr"], name_of=lambda k: "--lr" if k == "train.lr" else k)
+    assert rd.resume_config(preset, given=["train.epochs"]).train.epochs == 99

@@ -197,3 +197,43 @@ def test_a_moved_archive_can_be_evaluated_and_resumed(tmp_path):
     assert rc == 0
     rc, out, err = run_cli("eval", run, "--imdb", moved / "x", env=env)
     assert rc == 2 and "does not exist" in err
+
+
+def test_carried_state_and_scoring_every_test_review(tmp_path):
+    """--carry-state trains the reviews as streams; eval scores whole reviews from a zero state (the
+    figure equals a forward pass over each review written here), and --limit all scores every test
+    review, beyond the run's --n-test."""
+    import jax
+
+    from seqgen_jax.data.vocab import END_ID, START_ID
+    from seqgen_jax.model import apply
+    from seqgen_jax.run import RunDir
+
+    src = _archive(tmp_path / "a.tar.gz", _small_files(n=8))
+    run = tmp_path / "run"
+    env = {"SEQGEN_CACHE": str(tmp_path / "c")}
+    rc, out, err = run_cli("train", "imdb", "--run-dir", run, "--imdb", src, "--embed", "8", "--hidden", "16",
+                           "--epochs", "2", "--n-train", "10", "--n-val", "4", "--n-test", "6", "--chunk", "8",
+                           "--max-tokens", "32", "--carry-state", env=env)
+    assert rc == 0, err
+    assert "state carried" in out + err
+    epochs = RunDir(run).epoch_records()
+    assert [e["epoch"] for e in epochs] == [1, 2] and "val_bits_per_char_window64" in epochs[-1]
+    ev = ["eval", run, "--json", "--samples", "2", "--temperatures", "1", "--max-len", "20"]
+    rc, out, err = run_cli(*ev, env=env)
+    assert rc == 0, err
+    assert json.loads(out)["n_sequences"] == 6
+    rc, out, err = run_cli(*ev, "--limit", "all", env=env)
+    assert rc == 0, err
+    d = json.loads(out)
+    assert d["n_sequences"] == 16
+    cfg, vocab, params, _ = RunDir(run).restore("latest")
+    corpus = load_corpus(str(src), ImdbOptions(char=True))
+    bits, n = 0.0, 0
+    for i in range(len(corpus.test)):
+        ids = np.concatenate([[START_ID], corpus.test[i], [END_ID]])
+        logits, _ = apply(params, ids[None, :-1], None, cfg=cfg.model)
+        lp = jax.nn.log_softmax(np.asarray(logits[0], np.float64))
+        bits -= sum(lp[t, ids[t + 1]] for t in range(len(ids) - 1)) / np.log(2)
+        n += len(ids) - 1
+    assert d["bits_per_char"] == pytest.approx(bits / n, rel=1e-5)

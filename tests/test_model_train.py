@@ -11,8 +11,10 @@ from seqgen_jax.config import RunConfig
 from seqgen_jax.data import build_dataset
 from seqgen_jax.data.vocab import Vocab
 from seqgen_jax.model import apply, init_params, lstm_layer, token_logprobs
-from seqgen_jax.train import _global_norm, BucketedSplit, epoch_order, init_train_state, make_optimizer, make_train_step, train
-from seqgen_jax import sharding as shd
+from seqgen_jax.buckets import BucketedSplit, epoch_order
+from seqgen_jax.parallel import Placement
+from seqgen_jax.step import _global_norm, init_train_state, make_optimizer
+from seqgen_jax.train import train
 
 TINY = RunConfig().override(**{"data.name": "brackets", "data.n_train": 600, "data.n_val": 100, "data.n_test": 100,
                                "model.embed": 8, "model.hidden": 12, "model.vocab_size": 6, "train.epochs": 2,
@@ -82,7 +84,7 @@ def test_jitted_step_equals_unbatched_reference():
     state = init_train_state(cfg, tx)
     params0 = jax.tree.map(jnp.copy, state["params"])
     data = jnp.asarray(_rows(strings, 10))
-    step = make_train_step(cfg, tx)
+    step = Placement().train_step(cfg, tx)
     new, m = step(state, data, jnp.arange(len(strings), dtype=jnp.int32))
 
     def ref_loss(params):  # one string at a time, no padding, no jit
@@ -107,14 +109,14 @@ def test_jitted_step_equals_unbatched_reference():
 def test_one_compilation_per_bucket():
     cfg = TINY
     ds = build_dataset(cfg.data)
-    mesh = shd.make_mesh(1)
-    split = BucketedSplit.build(ds.train, cfg.train.max_tokens, cfg.train.max_buckets, mesh)
+    place = Placement()
+    split = BucketedSplit.build(ds.train, cfg.train.max_tokens, cfg.train.max_buckets, place)
     tx = make_optimizer(cfg, 100)
-    state = jax.device_put(init_train_state(cfg, tx), shd.replicated(mesh))  # as train() places it
-    step = make_train_step(cfg, tx)
+    state = place.put_state(init_train_state(cfg, tx))  # as train() places it
+    step = place.train_step(cfg, tx)
     for epoch in range(2):
         for b, idx in epoch_order(split.plan, 0, epoch):
-            state, _ = step(state, split.data[b], shd.put(idx, shd.batch_sharded(mesh)))
+            state, _ = step(state, *split.batch(b, idx))
     assert len(split.plan.buckets) >= 3
     assert step._cache_size() == len(split.plan.buckets)
 
@@ -150,11 +152,11 @@ def test_determinism_resume_and_checkpoint_round_trip(tmp_path):
     assert _strip(_metrics(c)) == ma
 
     # Orbax round trip: the restored parameters give the trained logits.
-    from seqgen_jax.cli_run import _restore
+    from seqgen_jax.run import RunDir
 
-    cfg_r, vocab, params, step = _restore(str(tmp_path / "a"), "latest")
+    cfg_r, vocab, params, step = RunDir(str(tmp_path / "a")).restore("latest")
     assert cfg_r.model.hidden == cfg.model.hidden and step == ma[-1]["step"]
-    _, _, best, _ = _restore(str(tmp_path / "a"), "best")
+    _, _, best, _ = RunDir(str(tmp_path / "a")).restore("best")
     assert jax.tree.structure(best) == jax.tree.structure(params)
 
 

@@ -215,3 +215,37 @@ def test_text_statistics():
     assert repetition_rate("xx" + "abcdefgh" * 3) == pytest.approx(24 / 26)
     st = text_stats(["abcdabcd", "wxyz"])
     assert st["distinct_4"] == pytest.approx(5 / 6) and st["mean_length"] == 6
+
+
+def test_scoring_sequences_longer_than_the_training_budget_matches_a_plain_forward_pass():
+    """Whole sequences longer than the run's token budget (IMDb reviews under a 2,048-token budget)
+    are scored with one bucket plan of their own; every log-probability equals the one a forward pass
+    of that sequence alone gives."""
+    from seqgen_jax.data.vocab import Ragged
+    from seqgen_jax.evaluate import score_sequences
+
+    params = _sharp_params(seed=3)
+    cfg = RunConfig(model=CFG).override(**{"train.max_tokens": 64})
+    rng = np.random.default_rng(0)
+    strings = ["".join(rng.choice(["(", ")"], size=int(n))) for n in (3, 70, 150, 41, 260, 9)]
+    log2p, preds = score_sequences(params, cfg, Ragged.from_strings(strings, VOCAB))
+    for s, got, pr in zip(strings, log2p, preds):
+        ids = np.concatenate([[START_ID], VOCAB.encode(s), [END_ID]])
+        logits, _ = apply(params, jnp.asarray(ids[None, :-1]), None, cfg=CFG)
+        lp = jax.nn.log_softmax(np.asarray(logits[0], np.float64))
+        want = sum(lp[t, ids[t + 1]] for t in range(len(ids) - 1)) / math.log(2)
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-4)
+        assert pr.tolist() == np.argmax(lp, axis=-1).tolist()
+
+
+def test_framed_stream_brute_force():
+    from seqgen_jax.data.vocab import Ragged
+
+    rng = np.random.default_rng(1)
+    seqs = [rng.integers(4, 9, size=int(n)).tolist() for n in (0, 3, 1, 5)]
+    r = Ragged(np.concatenate([np.array(s, np.int32) for s in seqs]),
+               np.concatenate([[0], np.cumsum([len(s) for s in seqs])]).astype(np.int64))
+    order = np.array([2, 0, 3, 1])
+    want = [t for i in order for t in [START_ID, *seqs[i], END_ID]]
+    assert r.framed(order).tolist() == want
+    assert r.framed().tolist() == [t for s in seqs for t in [START_ID, *s, END_ID]]

@@ -12,12 +12,13 @@ from conftest import ROOT
 SCRIPT = textwrap.dedent(r'''
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
-    from seqgen_jax import sharding as shd
     from seqgen_jax.config import RunConfig
     from seqgen_jax.data import build_dataset
-    from seqgen_jax.train import (BucketedSplit, HostParallelStep, epoch_order, idx_placer, init_train_state,
-                                  make_optimizer, make_train_step, state_sharding, train)
-    from seqgen_jax.cli_run import _restore
+    from seqgen_jax.buckets import BucketedSplit, epoch_order
+    from seqgen_jax.parallel import HostParallelStep, Placement
+    from seqgen_jax.step import init_train_state, make_optimizer
+    from seqgen_jax.train import train
+    from seqgen_jax.run import RunDir
     assert jax.device_count() == 4, jax.devices()
     cfg = RunConfig().override(**{"data.name": "brackets", "data.n_train": 800, "data.n_val": 100,
         "model.embed": 8, "model.hidden": 12, "model.vocab_size": 6, "train.max_tokens": 800,
@@ -26,18 +27,17 @@ SCRIPT = textwrap.dedent(r'''
     out = {}
     params = {}
     for n in (1, 4):
-        mesh = shd.make_mesh(n)
+        place = Placement.for_devices(n)
         # The plan does not depend on the mesh: the same batches, filled up with padding rows to a
         # multiple of the devices.
-        split = BucketedSplit.build(ds.train, cfg.train.max_tokens, 3, mesh)
+        split = BucketedSplit.build(ds.train, cfg.train.max_tokens, 3, place)
         tx = make_optimizer(cfg, 100)
-        state = jax.device_put(init_train_state(cfg, tx), state_sharding(mesh))
-        step = make_train_step(cfg, tx, mesh)
+        state = place.put_state(init_train_state(cfg, tx))
+        step = place.train_step(cfg, tx)
         out[f"host_parallel_{n}"] = isinstance(step, HostParallelStep)
-        put = idx_placer(mesh)
         order = epoch_order(split.plan, 0, 0)[:12]
         for b, idx in order:
-            state, m = step(state, split.data[b], put(split.device_idx(b, idx)))
+            state, m = step(state, *split.batch(b, idx))
         params[n] = jax.tree.map(np.asarray, state["params"])
         out[f"odd_batches_{n}"] = sum(len(idx) % 4 != 0 for _, idx in epoch_order(split.plan, 0, 0))
         if n == 4:
@@ -48,7 +48,7 @@ SCRIPT = textwrap.dedent(r'''
     # End to end on 4 devices, then restore on 1 device (another device count).
     rec = train(cfg.override(**{"train.devices": "4"}), sys.argv[1], log=lambda s: None)
     out["val"] = rec["val_ce_bits_per_token"]
-    c, v, p, s = _restore(sys.argv[1], "latest")
+    c, v, p, s = RunDir(sys.argv[1]).restore("latest")
     from seqgen_jax.model import apply
     out["logits"] = np.asarray(apply(p, jnp.asarray([[1, 4, 4, 5, 5]]), cfg=c.model)[0]).tolist()
     out["devices"] = jax.device_count()
@@ -60,9 +60,9 @@ SCRIPT = textwrap.dedent(r'''
 RESTORE = textwrap.dedent(r'''
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
-    from seqgen_jax.cli_run import _restore
+    from seqgen_jax.run import RunDir
     from seqgen_jax.model import apply
-    c, v, p, s = _restore(sys.argv[1], "latest")
+    c, v, p, s = RunDir(sys.argv[1]).restore("latest")
     logits = np.asarray(apply(p, jnp.asarray([[1, 4, 4, 5, 5]]), cfg=c.model)[0]).tolist()
     print("RESULT " + json.dumps({"devices": jax.device_count(), "step": int(s), "logits": logits}))
 ''')
@@ -120,12 +120,13 @@ def test_cpu_device_flags(monkeypatch):
                                                "--xla_force_host_platform_device_count=3"]
 
 
-def test_device_idx_fills_batches_with_the_padding_row():
+def test_batches_are_filled_with_the_padding_row_to_a_multiple_of_the_devices():
     import numpy as np
 
-    from seqgen_jax.train import BucketedSplit
+    from seqgen_jax.parallel import Placement
 
-    split = BucketedSplit(plan=None, data=[np.zeros((8, 5), np.int32)], n_tokens=0, n_devices=4)
-    out = split.device_idx(0, np.array([3, 1, 4, 0, 2], np.int32))
+    place = Placement.__new__(Placement)  # the filling rule alone, without a 4-device mesh
+    place.n_devices, place.host_parallel = 4, True
+    out = place.put_idx(np.array([3, 1, 4, 0, 2], np.int32), 7)
     assert out.tolist() == [3, 1, 4, 0, 2, 7, 7, 7]  # row 7 is the all-padding row
-    assert split.device_idx(0, np.arange(4, dtype=np.int32)).tolist() == [0, 1, 2, 3]
+    assert place.put_idx(np.arange(4, dtype=np.int32), 7).tolist() == [0, 1, 2, 3]

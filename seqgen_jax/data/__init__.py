@@ -41,6 +41,16 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     return name.lower(), params
 
 
+def absolute_spec(spec: str) -> str:
+    """`text:`/`pcfg:`/`pfsa:` paths made absolute, so the run's config.json works from any folder."""
+    import os
+
+    kind, sep, rest = spec.partition(":")
+    if sep and kind.lower() in PATH_KINDS and rest:
+        return f"{kind.lower()}:{os.path.abspath(os.path.expanduser(rest))}"
+    return spec
+
+
 def get_language(spec: str) -> Language:
     name, params = parse_spec(spec)
     if name in CORPORA:
@@ -150,9 +160,16 @@ def _imdb_dataset(cfg: DataConfig, params: dict) -> Dataset:
     if cfg.n_test < len(te_idx):
         te_idx = stratified_subset(lab_te, cfg.n_test, cfg.seed + TEST_SEED_OFFSET)
     labels = {"train": lab_tr[tr_idx], "val": lab_tr[va_idx], "test": lab_te[te_idx]}
-    return Dataset("imdb", "imdb", corpus.vocab, corpus.train.take(tr_idx), corpus.train.take(va_idx),
-                   corpus.test.take(te_idx), info={"cache": corpus.cache, "n_test_total": len(corpus.test),
-                                                    "labels": labels})
+    train, val = corpus.train.take(tr_idx), corpus.train.take(va_idx)
+    info = {"cache": corpus.cache, "n_test_total": len(corpus.test), "labels": labels}
+    if cfg.carry_state:
+        # Reviews in a random order (not sorted by label), each framed by .start/.end, trained as one
+        # stream with the state carried; evaluation still scores every review whole from a zero state.
+        order = np.random.default_rng([cfg.seed, 11]).permutation(len(train))
+        info["train_stream"] = {"train": train.framed(order), "val": val.framed(), "framed": True,
+                                "unit": "char" if cfg.char else "word",
+                                "about": f"{len(train):,} train / {len(val):,} val reviews"}
+    return Dataset("imdb", "imdb", corpus.vocab, train, val, corpus.test.take(te_idx), info=info)
 
 
 def _text_dataset(cfg: DataConfig, params: dict) -> Dataset:
@@ -162,9 +179,12 @@ def _text_dataset(cfg: DataConfig, params: dict) -> Dataset:
     enc = encode_corpus(params["path"], "char" if cfg.char else "word")
     sp = build_splits(enc, fractions, char=cfg.char, voc=cfg.voc)
     one = lambda ids: Ragged(ids, np.array([0, len(ids)], np.int64))  # noqa: E731  the split as one sequence
-    info = {"stream": {"train": sp.train, "val": sp.val, "test": sp.test}, "unit": "char" if cfg.char else "word",
+    unit = "char" if cfg.char else "word"
+    info = {"stream": {"train": sp.train, "val": sp.val, "test": sp.test}, "unit": unit,
             "fractions": list(fractions), "cache": sp.cache, "n_docs": sp.n_docs,
-            "unigram_bits_per_token": sp.unigram_bits}
+            "unigram_bits_per_token": sp.unigram_bits,
+            "train_stream": {"train": sp.train, "val": sp.val, "framed": False, "unit": unit,
+                             "about": f"split {list(fractions)}, unigram {sp.unigram_bits:.3f} bits/{unit}"}}
     return Dataset("text", cfg.name, sp.vocab, one(sp.train), one(sp.val), one(sp.test), info=info)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .vocab import SPECIALS, UNK_ID, Ragged, Vocab, char_table
+from .vocab import SPECIALS, UNK_ID, Ragged, Vocab
 
 ENV_VAR = "SEQGEN_IMDB"
 CACHE_ENV = "SEQGEN_CACHE"

@@ -130,6 +130,20 @@ class Ragged:
         flat = self.flat[starts + np.arange(offsets[-1])]
         return Ragged(flat, offsets)
 
+    def framed(self, order: np.ndarray | None = None) -> np.ndarray:
+        """The sequences (in `order`) as one int32 stream, each framed as `.start` tokens `.end`: what a
+        corpus of separate documents is trained on with the state carried across windows."""
+        r = self.take(order) if order is not None else self
+        n, lens = len(r), r.lengths
+        out = np.empty(len(r.flat) + 2 * n, np.int32)
+        starts = r.offsets[:-1] + 2 * np.arange(n)  # position of each `.start`
+        out[starts] = START_ID
+        out[starts + lens + 1] = END_ID
+        body = np.ones(len(out), bool)
+        body[starts] = body[starts + lens + 1] = False
+        out[body] = r.flat
+        return out
+
     def to_lists(self) -> list[list[int]]:
         return [self[i].tolist() for i in range(len(self))]
 
