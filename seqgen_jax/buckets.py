@@ -191,7 +191,8 @@ class BucketedSplit:
     data: list  # per bucket: device array (n_b + 1, L + 1) int32
     n_tokens: int  # real predictions (padding excluded)
     placement: object  # parallel.Placement
-    _lengths: list | None = None
+    members: list  # per bucket: positions (in the split) of its rows, in matrix order
+    lengths: list  # per bucket: T of each of its rows
 
     @classmethod
     def build(cls, seqs: Ragged, max_tokens: int, max_buckets: int, placement, chunk=None,
@@ -206,8 +207,10 @@ class BucketedSplit:
             plan = plan_buckets(rows.lengths - 1, max_tokens, max_buckets, cap_batch=cap_batch)
         for w in caught[:1]:
             print(f"warning: {w.message}", file=sys.stderr)
-        data = [placement.put_rows(pad_rows(rows, plan.members(b), bk.length + 1)) for b, bk in enumerate(plan.buckets)]
-        return cls(plan, data, int((rows.lengths - 1).sum()), placement)
+        members = [plan.members(b) for b in range(len(plan.buckets))]
+        data = [placement.put_rows(pad_rows(rows, m, bk.length + 1)) for m, bk in zip(members, plan.buckets)]
+        return cls(plan, data, int((rows.lengths - 1).sum()), placement, members,
+                   [plan.lengths[m] for m in members])
 
     def batch(self, b: int, idx: np.ndarray):
         """(bucket matrix, placed row positions) for a step: `step(state, *split.batch(b, idx))`."""
@@ -215,9 +218,7 @@ class BucketedSplit:
 
     def real_tokens(self, b: int, idx: np.ndarray) -> int:
         """Real (unpadded) predictions in one batch."""
-        if self._lengths is None:  # per bucket, once: the loop calls this every step
-            self._lengths = [self.plan.lengths[self.plan.members(k)] for k in range(len(self.plan.buckets))]
-        lens = self._lengths[b]
+        lens = self.lengths[b]
         return int(lens[idx[idx < len(lens)]].sum())
 
     def score(self, eval_step, params) -> tuple[float, float]:

@@ -59,7 +59,7 @@ def score_sequences(params, cfg: RunConfig, seqs: Ragged, max_tokens: int | None
     log2p = np.zeros(len(seqs))
     preds: list = [None] * len(seqs)
     for b, idx in fixed_order(plan):
-        members = plan.members(b)
+        members = split.members[b]
         lp, am = jax.device_get(fwd(params, *split.batch(b, idx)))
         for r, i in enumerate(idx):
             if i >= len(members):

@@ -190,7 +190,7 @@ def train_stream(cfg: RunConfig, run, ds, *, resume: bool, log, primary: bool, t
     from .train import _fmt_time, _flush_step_record, close_epoch, open_run, record_epoch, save_at_deadline
 
     chunk = default_chunk(cfg)
-    ts = ds.info["train_stream"]
+    ts = ds.info["train_stream"]()  # {"train", "val": token arrays, "framed", "unit", "about"}
     train_ids, val_ids, unit = ts["train"], ts["val"], ts["unit"]
     B, cols = layout(len(train_ids), cfg.train.max_tokens, chunk)
     if cols < chunk + 1:

@@ -165,10 +165,13 @@ def _imdb_dataset(cfg: DataConfig, params: dict) -> Dataset:
     if cfg.carry_state:
         # Reviews in a random order (not sorted by label), each framed by .start/.end, trained as one
         # stream with the state carried; evaluation still scores every review whole from a zero state.
-        order = np.random.default_rng([cfg.seed, 11]).permutation(len(train))
-        info["train_stream"] = {"train": train.framed(order), "val": val.framed(), "framed": True,
-                                "unit": "char" if cfg.char else "word",
-                                "about": f"{len(train):,} train / {len(val):,} val reviews"}
+        # Built when training asks for it: evaluating a run never needs the 30M-token copy.
+        def stream():
+            order = np.random.default_rng([cfg.seed, 11]).permutation(len(train))
+            return {"train": train.framed(order), "val": val.framed(), "framed": True,
+                    "unit": "char" if cfg.char else "word", "about": f"{len(train):,} train / {len(val):,} val reviews"}
+
+        info["train_stream"] = stream
     return Dataset("imdb", "imdb", corpus.vocab, train, val, corpus.test.take(te_idx), info=info)
 
 
@@ -183,8 +186,8 @@ def _text_dataset(cfg: DataConfig, params: dict) -> Dataset:
     info = {"stream": {"train": sp.train, "val": sp.val, "test": sp.test}, "unit": unit,
             "fractions": list(fractions), "cache": sp.cache, "n_docs": sp.n_docs,
             "unigram_bits_per_token": sp.unigram_bits,
-            "train_stream": {"train": sp.train, "val": sp.val, "framed": False, "unit": unit,
-                             "about": f"split {list(fractions)}, unigram {sp.unigram_bits:.3f} bits/{unit}"}}
+            "train_stream": lambda: {"train": sp.train, "val": sp.val, "framed": False, "unit": unit,
+                                     "about": f"split {list(fractions)}, unigram {sp.unigram_bits:.3f} bits/{unit}"}}
     return Dataset("text", cfg.name, sp.vocab, one(sp.train), one(sp.val), one(sp.test), info=info)
 
 
