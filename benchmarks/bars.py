@@ -35,7 +35,7 @@ def epoch_throughput():
 
     from seqgen_jax.data import Brackets
 
-    times, _, split = jax_epoch(Brackets().strings(150_000, 0), 32, 16, 10_000, epochs=4)
+    times, _, split, _ = jax_epoch(Brackets().strings(150_000, 0), 32, 16, 10_000, epochs=4)
     sec = float(np.median(times[1:]))
     return split.n_tokens / sec, sec
 

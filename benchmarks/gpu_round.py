@@ -45,7 +45,7 @@ sys.path.insert(0, str(HERE))
 CMDBUF_FLAGS = ("--xla_gpu_enable_command_buffer=+WHILE --xla_gpu_command_buffer_unroll_loops=true "
                 "--xla_gpu_graph_min_graph_size=1")
 # (name, seconds, extra XLA flags); the order is the priority when the budget runs short.
-PARTS = [("env", 30, ""), ("check", 40, ""), ("train_tf32", 130, ""), ("epoch", 70, ""), ("sample", 45, ""),
+PARTS = [("env", 30, ""), ("check", 50, ""), ("train_tf32", 130, ""), ("epoch", 150, ""), ("sample", 45, ""),
          ("train_pallas", 100, ""), ("loop", 40, ""), ("train_bf16", 60, ""), ("train_cmdbuf", 45, CMDBUF_FLAGS),
          ("loop_cmdbuf", 30, CMDBUF_FLAGS), ("sharding", 25, "")]
 GRID_MODELS = [(32, 16, 6), (300, 300, 6), (250, 250, 100)]
@@ -139,7 +139,8 @@ def part_check(ctx):
     from seqgen_jax.lstm import scan as ls
 
     jax.config.update("jax_default_matmul_precision", "highest")
-    cases = [(5, 20, 8)] if ctx.smoke else [(12, 1000, 16), (20, 40, 300), (7, 33, 100)]
+    # the widths `auto` runs on Pallas first; H = 300 last (its Triton compile took ~50 s on the H200)
+    cases = [(5, 20, 8)] if ctx.smoke else [(12, 1000, 16), (40, 64, 64), (7, 33, 100), (20, 40, 300)]
     for T, B, H in cases:
         k = jax.random.split(jax.random.key(T), 5)
         gx = jax.random.normal(k[0], (T, B, 4 * H))
@@ -248,35 +249,41 @@ def part_sharding(ctx):
 
 
 def part_epoch(ctx):
+    """Whole warm epochs of brackets on one bucket plan, seqgen_jax against careful PyTorch.
+
+    (300, 300) first: the scan (its compile, ~58 s for 12 buckets on the H200, is the long pole);
+    then (32, 16), where `auto` picks the Pallas kernel for buckets of >= 32 steps, beside the scan."""
     import harness
     import rows as R
     from seqgen_jax.data import Brackets
 
     R.jax_precision("tf32")
-    n, (e, h), budget = (200, (8, 8), 1000) if ctx.smoke else (150_000, (300, 300), 60_000)
+    n = 200 if ctx.smoke else 150_000
     strings = Brackets().strings(n, 0)
     epochs = 2 if ctx.smoke else 4
-    what = f"brackets {n} ({e},{h}) max {budget}"
+    shapes = [((8, 8), 1000, ("auto",))] if ctx.smoke else [((300, 300), 60_000, ("scan",)),
+                                                                  ((32, 16), 10_000, ("auto", "scan"))]
+    for (e, h), budget, backends in shapes:
+        what = f"brackets {n} ({e},{h}) max {budget}"
+        split = None
+        for backend in backends:
+            if ctx.time_left() < 20:
+                ctx.emit(kind="note", what=f"stopped before {what} {backend}: part budget spent")
+                return
+            try:
+                times, comp, split, prep = R.jax_epoch(strings, e, h, budget, backend=backend, precision="tf32",
+                                                       epochs=epochs, max_buckets=3 if ctx.smoke else 12)
+                ctx.emit(kind="epoch", what=what, variant=backend, seconds=harness.summary(times[1:]),
+                         tokens=split.n_tokens, compile_s=comp, prep_s=prep)
+            except Exception as ex:
+                ctx.emit(kind="epoch", what=what, variant=backend, error=f"{type(ex).__name__}: {str(ex)[:300]}")
+        if _have_torch() and split is not None:
+            from baseline_torch import set_precision
 
-    def jax_variant(name, backend):
-        try:
-            times, comp, split = R.jax_epoch(strings, e, h, budget, backend=backend, precision="tf32", epochs=epochs,
-                                             max_buckets=3 if ctx.smoke else 12)
-            ctx.emit(kind="epoch", what=what, variant=name, seconds=harness.summary(times[1:]),
-                     tokens=split.n_tokens, compile_s=comp)
-            return split
-        except Exception as ex:
-            ctx.emit(kind="epoch", what=what, variant=name, error=f"{type(ex).__name__}: {str(ex)[:300]}")
-
-    split = jax_variant("scan", "auto")
-    if _have_torch() and split is not None:
-        from baseline_torch import set_precision
-
-        set_precision("tf32")
-        tt = R.torch_epoch(split, strings, e, h, device="gpu" if ctx.gpu else "cpu", epochs=epochs)
-        ctx.emit(kind="epoch", what=what, variant="torch_careful", seconds=harness.summary(tt[1:]), tokens=split.n_tokens)
-    if not ctx.smoke:  # last: a dozen bucket shapes of Triton compiles; in interpret mode, minutes on a CPU
-        jax_variant("pallas", "pallas")
+            set_precision("tf32")
+            tt = R.torch_epoch(split, strings, e, h, device="gpu" if ctx.gpu else "cpu", epochs=epochs)
+            ctx.emit(kind="epoch", what=what, variant="torch_careful", seconds=harness.summary(tt[1:]),
+                     tokens=split.n_tokens)
 
 
 def part_sample(ctx):

@@ -94,7 +94,7 @@ def main(argv=None):
     ee, eh = epoch_size
     n_ep = 1 + (2 if args.smoke else rep)  # the first epoch compiles
     for budget in (10_000, 60_000):
-        times, comp, split = R.jax_epoch(strings, ee, eh, budget, precision=args.precision, epochs=n_ep,
+        times, comp, split, prep = R.jax_epoch(strings, ee, eh, budget, precision=args.precision, epochs=n_ep,
                                          max_buckets=3 if args.smoke else 12)
         stats = {"jax": harness.summary([split.n_tokens / t for t in times[1:]])}
         if have_torch:
@@ -105,7 +105,7 @@ def main(argv=None):
                                    epochs=n_ep)
                 stats[variant] = harness.summary([split.n_tokens / t for t in tt[1:]])
         add("epoch", f"brackets {n_str} ({ee},{eh}) max {budget}", stats, compile_s=comp,
-            epoch_s=split.n_tokens / stats["jax"]["median"])
+            epoch_s=split.n_tokens / stats["jax"]["median"], prep_s=round(prep, 3))
 
     course_len = sample_len // 4 if (args.quick or args.smoke) else sample_len
     for n in sample_ns:

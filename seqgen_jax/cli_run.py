@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from .errors import UserError
+from .config import SCHEDULES
 from .lstm import NAMES
 
 
@@ -24,7 +25,8 @@ def _add_train(sub) -> None:
     g.add_argument("--backend", choices=NAMES, help="LSTM implementation (seqgen_jax/lstm); auto picks per platform")
     g = t.add_argument_group("training")
     g.add_argument("--lr", type=float)
-    g.add_argument("--schedule", choices=("cosine", "constant"))
+    g.add_argument("--schedule", choices=SCHEDULES,
+                   help="cosine-time (default): cosine decay that ends by --max-time; cosine; constant")
     g.add_argument("--epochs", type=int)
     g.add_argument("--max-tokens", type=int, help="token budget per batch, padding included")
     g.add_argument("--clip", type=float, help="global gradient-norm clip (default 5)")

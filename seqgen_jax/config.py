@@ -10,6 +10,8 @@ from typing import Any
 from .errors import UserError
 
 SCHEMA_VERSION = 1
+# cosine-time: the cosine fitted to --max-time (step.HorizonFit); the same as cosine without one.
+SCHEDULES = ("cosine-time", "cosine", "constant")
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     lr: float = 3e-3
-    schedule: str = "cosine"  # cosine | constant
+    schedule: str = "cosine-time"  # cosine-time | cosine | constant (seqgen_jax/step.py)
     warmup_steps: int = 50
     epochs: int = 3
     max_tokens: int = 10_000  # token budget per batch, padding included
@@ -183,7 +185,7 @@ def validate(cfg: RunConfig) -> None:
         (m.embed >= 1 and m.hidden >= 1 and m.layers >= 1, "--embed, --hidden and --layers must be >= 1"),
         (0.0 <= m.dropout < 1.0, f"--dropout {m.dropout} must be in [0, 1)"),
         (m.precision in ("fp32", "bf16"), f"--precision {m.precision!r} must be fp32 or bf16"),
-        (t.schedule in ("cosine", "constant"), f"--schedule {t.schedule!r} must be cosine or constant"),
+        (t.schedule in SCHEDULES, f"--schedule {t.schedule!r} must be one of {', '.join(SCHEDULES)}"),
         (t.max_time is None or t.max_time > 0, "--max-time must be positive"),
         (cfg.data.n_train >= 1, f"--n-train {cfg.data.n_train} must be >= 1"),
         (cfg.data.n_val >= 1, f"--n-val {cfg.data.n_val} must be >= 1"),

@@ -98,8 +98,9 @@ def apply_tm(params: Params, tokens: jax.Array, state: LSTMState | None = None, 
     Dropout (when `dropout_key` is given and cfg.dropout > 0) drops the non-recurrent connections:
     the embedding output, between layers, and before the output layer (Zaremba et al., 2014)."""
     dtype = jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
-    run = lstm.resolve(cfg.backend, precision=cfg.precision, unroll=cfg.unroll, dropout=cfg.dropout)
     T, B = tokens.shape
+    run = lstm.resolve(cfg.backend, precision=cfg.precision, unroll=cfg.unroll, dropout=cfg.dropout,
+                       hidden=cfg.hidden, steps=T)
     if state is None:
         state = zero_state(cfg, B)
     drop = dropout_key is not None and cfg.dropout > 0

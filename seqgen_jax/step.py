@@ -5,7 +5,8 @@ over them. The epoch statistics accumulate on the device inside the step ("acc")
 one host sync per epoch."""
 from __future__ import annotations
 
-from typing import Callable
+import time
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -15,18 +16,125 @@ from .config import RunConfig
 from .model import init_params, token_logprobs
 
 
+def _warmup(cfg: RunConfig, total_steps: int) -> int:
+    return min(cfg.train.warmup_steps, max(total_steps // 10, 1))
+
+
+def cosine_lr(count, horizon, peak: float, warm: int, end: float):
+    """Linear warm-up from 0 to `peak` over `warm` steps, then a cosine to `end` at step `horizon`
+    (optax.warmup_cosine_decay_schedule's curve, with the horizon a value instead of a constant)."""
+    count = jnp.asarray(count, jnp.float32)
+    horizon = jnp.maximum(jnp.asarray(horizon, jnp.float32), warm + 1.0)
+    frac = jnp.clip((count - warm) / (horizon - warm), 0.0, 1.0)
+    decayed = end + (peak - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+    return jnp.where(count < warm, peak * count / max(warm, 1), decayed)
+
+
+class FittedCosine:
+    """The host's view of a `cosine-time` schedule: lr(step) for the metrics at the current horizon,
+    which `HorizonFit` moves and `set_horizon` copies into the optimiser state."""
+
+    def __init__(self, cfg: RunConfig, total_steps: int):
+        self.peak, self.warm, self.total = cfg.train.lr, _warmup(cfg, total_steps), total_steps
+        self.end = cfg.train.lr * 0.02
+        self.horizon = float(max(total_steps, self.warm + 1))
+
+    def __call__(self, count):
+        return cosine_lr(count, self.horizon, self.peak, self.warm, self.end)
+
+
 def make_schedule(cfg: RunConfig, total_steps: int) -> Callable:
     t = cfg.train
     if t.schedule == "constant":
         return optax.constant_schedule(t.lr)
-    warm = min(t.warmup_steps, max(total_steps // 10, 1))
+    if t.schedule == "cosine-time":
+        return FittedCosine(cfg, total_steps)
+    warm = _warmup(cfg, total_steps)
     return optax.warmup_cosine_decay_schedule(0.0, t.lr, warm, max(total_steps, warm + 1), end_value=t.lr * 0.02)
+
+
+class HorizonState(NamedTuple):
+    count: jax.Array  # () int32: updates applied
+    horizon: jax.Array  # () float32: the step at which the cosine reaches its floor
+
+
+def _scale_by_fitted_cosine(sched: FittedCosine) -> optax.GradientTransformation:
+    # The horizon lives in the optimiser state, so moving it changes no compiled step and a
+    # checkpoint restores it with the rest.
+    def init(params):
+        del params
+        return HorizonState(jnp.zeros((), jnp.int32), jnp.asarray(sched.horizon, jnp.float32))
+
+    def update(updates, state, params=None):
+        del params
+        lr = cosine_lr(state.count, state.horizon, sched.peak, sched.warm, sched.end)
+        return jax.tree.map(lambda u: -lr * u, updates), HorizonState(state.count + 1, state.horizon)
+
+    return optax.GradientTransformation(init, update)
 
 
 def make_optimizer(cfg: RunConfig, total_steps: int) -> optax.GradientTransformation:
     """The course's optimiser: clip the global norm (5), then Adam, with a schedule so the final model
-    (not only the best one) is good."""
-    return optax.chain(optax.clip_by_global_norm(cfg.train.clip), optax.adam(make_schedule(cfg, total_steps)))
+    (not only the best one) is good. `cosine-time` is the cosine whose horizon `HorizonFit` moves to
+    the steps that fit in --max-time, so a run cut by the clock still ends at the low learning rate."""
+    clip = optax.clip_by_global_norm(cfg.train.clip)
+    if cfg.train.schedule == "cosine-time":
+        return optax.chain(clip, optax.scale_by_adam(), _scale_by_fitted_cosine(FittedCosine(cfg, total_steps)))
+    return optax.chain(clip, optax.adam(make_schedule(cfg, total_steps)))
+
+
+def get_horizon(state: dict) -> float | None:
+    last = state["opt_state"][-1]
+    return float(last.horizon) if isinstance(last, HorizonState) else None
+
+
+def set_horizon(state: dict, horizon: float) -> dict:
+    """The state with the schedule's horizon moved: a scalar placed as the old one was (same sharding,
+    same committedness, which jit's cache keys on), so the step does not recompile."""
+    last = state["opt_state"][-1]
+    value = jnp.asarray(horizon, jnp.float32)
+    if getattr(last.horizon, "committed", False):
+        value = jax.device_put(value, last.horizon.sharding)
+    state["opt_state"] = (*state["opt_state"][:-1], last._replace(horizon=value))
+    return state
+
+
+class HorizonFit:
+    """Moves a `cosine-time` schedule's horizon to the steps that fit before the deadline.
+
+    The rate is measured over the last `window` seconds of log points (a tenth of the time limit, at
+    least 10 s), so one-off costs (compiling each bucket as it first appears, the first epoch's
+    evaluation) stop counting once they are behind; the horizon never passes the planned steps.
+    Inactive without a deadline, for other schedules, and across processes (each host's clock would
+    give the replicated state a different value)."""
+
+    MIN_SECONDS = 10.0
+
+    def __init__(self, sched, deadline: float, *, processes: int = 1):
+        self.sched = sched if isinstance(sched, FittedCosine) else None
+        self.deadline = deadline
+        self.active = self.sched is not None and deadline != float("inf") and processes == 1
+        self.window = max(self.MIN_SECONDS, 0.1 * (deadline - time.time())) if self.active else 0.0
+        self.points: list[tuple[float, int]] = []
+
+    def update(self, gstep: int, now: float) -> float | None:
+        """A new horizon to set, or None."""
+        if not self.active:
+            return None
+        self.points.append((now, gstep))
+        t0, g0 = self.points[0]
+        if now - t0 < self.MIN_SECONDS or gstep <= g0:
+            return None
+        while len(self.points) > 2 and now - self.points[1][0] >= self.window:
+            self.points.pop(0)
+        t0, g0 = self.points[0]
+        rate = (gstep - g0) / (now - t0)
+        fit = gstep + rate * max(self.deadline - now, 0.0)
+        h = float(min(self.sched.total, max(fit, gstep + 1.0)))
+        if abs(h - self.sched.horizon) < max(1.0, 0.002 * self.sched.total):
+            return None
+        self.sched.horizon = h
+        return h
 
 
 def zero_acc():

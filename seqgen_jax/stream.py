@@ -186,8 +186,9 @@ def train_stream(cfg: RunConfig, run, ds, *, resume: bool, log, primary: bool, t
     import time
 
     from .model import count_params
-    from .step import init_train_state, make_optimizer, make_schedule, zero_acc
-    from .train import _fmt_time, _flush_step_record, close_epoch, open_run, record_epoch, save_at_deadline
+    from .step import init_train_state, make_optimizer, make_schedule, set_horizon, zero_acc
+    from .train import (_fmt_time, _flush_step_record, close_epoch, open_run, record_epoch, save_at_deadline,
+                        start_fit)
 
     chunk = default_chunk(cfg)
     ts = ds.info["train_stream"]()  # {"train", "val": token arrays, "framed", "unit", "about"}
@@ -221,6 +222,7 @@ def train_stream(cfg: RunConfig, run, ds, *, resume: bool, log, primary: bool, t
     step_fn = make_stream_step(cfg, tx, chunk)
     data = jax.device_put(stream_matrix(train_ids, B, cols), dev)
     deadline = t_start + cfg.train.max_time if cfg.train.max_time else math.inf
+    fit, state = start_fit(schedule, state, deadline, log)
     tokens_per_step = B * chunk
     last: dict = {}
     t_first = time.time()
@@ -250,6 +252,8 @@ def train_stream(cfg: RunConfig, run, ds, *, resume: bool, log, primary: bool, t
             if gstep % cfg.train.log_every == 0:
                 pending = (gstep, m, toks_since, now - t_log)
                 toks_since, t_log = 0, now
+                if (h := fit.update(gstep, now)) is not None:
+                    state = set_horizon(state, h)
             if now - t_progress >= 10.0:
                 rate = steps_done_here * tokens_per_step / max(now - t_first, 1e-9)
                 left = (total - gstep) * tokens_per_step / max(rate, 1e-9)

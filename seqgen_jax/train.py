@@ -26,7 +26,7 @@ from .memory import check_model_memory
 from .model import count_params
 from .parallel import Placement, make_mesh
 from .run import RunDir
-from .step import init_train_state, make_optimizer, make_schedule, zero_acc
+from .step import HorizonFit, get_horizon, init_train_state, make_optimizer, make_schedule, set_horizon, zero_acc
 
 
 def _fmt_time(s: float) -> str:
@@ -160,6 +160,21 @@ def open_run(cfg: RunConfig, run: RunDir, ds: Dataset, state: dict, resume: bool
     return out
 
 
+def start_fit(schedule, state: dict, deadline: float, log) -> tuple[HorizonFit, dict]:
+    """The `cosine-time` fitter for this process, and the state with the horizon it starts from: a
+    resumed run with a deadline continues from its saved horizon (the fit moves it from there); one
+    without a deadline takes its planned steps, as `cosine` would."""
+    fit = HorizonFit(schedule, deadline, processes=jax.process_count())
+    saved = get_horizon(state)
+    if saved is not None:
+        schedule.horizon = saved if fit.active else float(max(schedule.total, schedule.warm + 1))
+        if schedule.horizon != saved:
+            state = set_horizon(state, schedule.horizon)
+    if fit.active:
+        log(f"schedule: cosine-time, fitted to the deadline (planned {schedule.total:,} steps)")
+    return fit, state
+
+
 def _train(cfg: RunConfig, run: RunDir, resume: bool, log, dataset, mesh, primary: bool) -> dict:
     if resume:
         cfg = run.resume_config(cfg)
@@ -207,6 +222,7 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, log, dataset, mesh, primar
     step_fn = place.train_step(cfg, tx)
     eval_fn = place.eval_step(cfg)
     deadline = t_start + cfg.train.max_time if cfg.train.max_time else math.inf
+    fit, state = start_fit(schedule, state, deadline, log)
     last = {}
     for epoch in range(start_epoch, cfg.train.epochs):
         order = epoch_order(plan, cfg.train.seed, epoch)
@@ -227,6 +243,8 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, log, dataset, mesh, primar
                 now = time.time()
                 pending = (gstep, m, tokens_since, now - t_log)
                 tokens_since, t_log = 0, now
+                if (h := fit.update(gstep, now)) is not None:
+                    state = set_horizon(state, h)
             if time.time() > deadline and bi + 1 < len(order):
                 stopped = save_at_deadline(ckpt, run, state, pending, schedule, primary, log, gstep=gstep,
                                            epoch=epoch, batch=bi + 1, best_val=best_val)

@@ -172,6 +172,17 @@ def test_resolve_picks_and_refuses():
     assert lstm.resolve("auto", platform_name="cpu").unroll == 1
     assert lstm.resolve("auto", platform_name="gpu").unroll == 8
     assert lstm.resolve("scan", unroll=3, platform_name="gpu").unroll == 3
+    # auto by shape on a GPU (the H200 round): the Pallas kernel for narrow layers over many steps,
+    # on one device and without dropout; the scan otherwise.
+    gpu = dict(platform_name="cuda", devices=1)
+    assert lstm.resolve("auto", hidden=16, steps=200, **gpu).backend.name == "pallas"
+    assert lstm.resolve("auto", hidden=64, steps=32, **gpu).backend.name == "pallas"
+    assert lstm.resolve("auto", hidden=65, steps=200, **gpu).backend.name == "scan"
+    assert lstm.resolve("auto", hidden=300, steps=200, **gpu).backend.name == "scan"
+    assert lstm.resolve("auto", hidden=16, steps=1, **gpu).backend.name == "scan"  # sampling: a token a step
+    assert lstm.resolve("auto", hidden=16, steps=200, dropout=0.1, **gpu).backend.name == "scan"
+    assert lstm.resolve("auto", hidden=16, steps=200, platform_name="cuda", devices=2).backend.name == "scan"
+    assert lstm.resolve("auto", hidden=16, steps=200, platform_name="cpu", devices=1).backend.name == "scan"
     for kwargs, needle in [({"backend": "cudnn", "platform_name": "cpu"}, "does not run on cpu"),
                            ({"backend": "cudnn", "platform_name": "gpu", "precision": "bf16"}, "fp32"),
                            ({"backend": "pallas", "platform_name": "gpu", "unroll": 4}, "--unroll 4"),
@@ -179,3 +190,20 @@ def test_resolve_picks_and_refuses():
                            ({"backend": "nope", "platform_name": "cpu"}, "not one of")]:
         with pytest.raises(UserError, match=needle):
             lstm.resolve(**kwargs)
+
+
+def test_model_auto_reaches_pallas_by_shape(monkeypatch):
+    """The model passes its width and length to `resolve`: lowered for CUDA on one device, a (·, 16)
+    model over 40 steps calls the Triton kernel and a (·, 96) one does not."""
+    monkeypatch.setattr(lstm_pallas, "_interpret", lambda: False)
+    monkeypatch.setattr(lstm, "platform", lambda: "cuda")
+    monkeypatch.setattr(jax, "device_count", lambda *a: 1)
+    from seqgen_jax.model import apply_tm
+
+    for hidden, calls in ((16, 1), (96, 0)):
+        cfg = ModelConfig(embed=8, hidden=hidden, layers=1, vocab_size=6)
+        params = init_params(cfg, 0)
+        tokens = jnp.zeros((40, 4), jnp.int32)
+        text = jax.jit(lambda p, t: apply_tm(p, t, cfg=cfg)[0]).trace(params, tokens).lower(
+            lowering_platforms=("cuda",)).as_text()
+        assert text.count("__gpu$xla.gpu.triton") == calls, (hidden, calls)

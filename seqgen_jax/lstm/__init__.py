@@ -59,11 +59,33 @@ BACKENDS: dict[str, Backend] = {
 NAMES = ("auto",) + tuple(BACKENDS)
 
 # What `auto` picks per platform. A backend enters here only from a measurement on that platform
-# (benchmarks/gpu_round.py); none has beaten the scan on a GPU yet because none has run on one.
+# (benchmarks/gpu_round.py; the H200 round of 2026-11-27 is in benchmarks/results/ and the README).
 AUTO = {"cpu": "scan", "gpu": "scan", "cuda": "scan", "rocm": "scan", "tpu": "scan"}
+# Where the persistent Pallas kernel beat the scan on that H200: H = 16, train steps of 40-200 time
+# steps, 1.8-2.0x in fp32 (TF32) and bf16 (tied at 10 steps). At H = 300 it was 12x slower (W_hh no
+# longer fits on chip, the kernel's design limit is H <= 64), and it lost at one token a step
+# (sampling). Hidden sizes between 16 and 64 were not measured; 64 is the kernel's on-chip bound.
+# Only on one device: a pallas_call is opaque to SPMD partitioning, so a sharded batch would be gathered.
+AUTO_PALLAS = {"gpu": {"max_hidden": 64, "min_steps": 32}, "cuda": {"max_hidden": 64, "min_steps": 32}}
 # Unroll for the scan when ModelConfig.unroll is 0: unrolling pays on GPU, where each loop iteration
-# costs kernel launches; on CPU it gained nothing (benchmarks/NOTES.md, attempt 8).
+# costs kernel launches (H200: unroll 8 at 1.6-2.0x unroll 1 per time step; 16 within +-10% of 8,
+# better at 10 steps, worse at 200 and with longer compiles); on CPU it gained nothing
+# (benchmarks/NOTES.md, attempt 8).
 AUTO_UNROLL = {"cpu": 1, "gpu": 8, "cuda": 8, "rocm": 8, "tpu": 8}
+
+
+def auto_backend(plat: str, *, hidden: int | None = None, steps: int | None = None, dropout: float = 0.0,
+                 devices: int | None = None) -> str:
+    """What `--backend auto` runs for a layer of `hidden` units over `steps` time steps on `plat`."""
+    rule = AUTO_PALLAS.get(plat)
+    if rule and hidden is not None and steps is not None and dropout == 0.0:
+        if devices is None:
+            import jax
+
+            devices = jax.device_count()
+        if devices == 1 and hidden <= rule["max_hidden"] and steps >= rule["min_steps"]:
+            return "pallas"
+    return AUTO.get(plat, "scan")
 
 
 @dataclass(frozen=True)
@@ -79,12 +101,16 @@ def platform() -> str:
 
 
 def resolve(backend: str, *, precision: str = "fp32", unroll: int = 0, dropout: float = 0.0,
-            platform_name: str | None = None) -> Resolved:
+            platform_name: str | None = None, hidden: int | None = None, steps: int | None = None,
+            devices: int | None = None) -> Resolved:
     """The backend and unroll that run a model on `platform_name` (default: JAX's default backend).
 
-    Refuses what a backend cannot do rather than ignoring it."""
+    `hidden` and `steps` (the layer's width and the sequence's static length) let `auto` pick by
+    shape; without them it picks the platform's default. Refuses what a backend cannot do rather
+    than ignoring it."""
     plat = platform_name or platform()
-    name = AUTO.get(plat, "scan") if backend == "auto" else backend
+    name = (auto_backend(plat, hidden=hidden, steps=steps, dropout=dropout, devices=devices)
+            if backend == "auto" else backend)
     if name not in BACKENDS:
         raise UserError(f"--backend {backend!r} is not one of {', '.join(NAMES)}")
     b = BACKENDS[name]
