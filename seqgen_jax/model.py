@@ -59,8 +59,8 @@ def zero_state(cfg: ModelConfig, batch: int) -> LSTMState:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _lookup(table, tokens, V: int):
-    """table[tokens] whose gradient is a one-hot matmul: the gather's own gradient is a scatter-add,
-    which is slow on CPU (benchmarks/NOTES.md)."""
+    """table[tokens] whose gradient is a one-hot matmul instead of the gather's scatter-add (kept for
+    accelerators, where the GPU round measured the model with it; benchmarks/NOTES.md)."""
     return jnp.take(table, tokens, axis=0)
 
 
@@ -77,9 +77,13 @@ _lookup.defvjp(_lookup_fwd, _lookup_bwd)
 
 
 def _embed(table, tokens):
-    # Large vocabularies keep the gather and its scatter-add: a (N, V) one-hot would not pay.
+    # On CPU the gather's scatter-add gradient is 20-45x faster than the one-hot matmul with XLA:CPU's
+    # current runtime (0.2 ms against 9.4 ms for 1,040 tokens into a (183, 1536) table, one core;
+    # benchmarks/NOTES.md, attempt 24). Large vocabularies keep the scatter-add everywhere.
     V = table.shape[0]
-    return _lookup(table, tokens, V) if V <= 512 else jnp.take(table, tokens, axis=0)
+    if V > 512 or lstm.platform() == "cpu":
+        return jnp.take(table, tokens, axis=0)
+    return _lookup(table, tokens, V)
 
 
 def _dropout(x, rate, key):

@@ -30,6 +30,24 @@ def test_throughput_harness_smoke(tmp_path):
     assert "| kind | what |" in p.stdout
 
 
+def test_cpu_layout_runs_both_layouts(tmp_path):
+    out = tmp_path / "l.json"
+    p = subprocess.run([sys.executable, "benchmarks/cpu_layout.py", "--hidden", "8", "--batch", "4", "--steps", "3",
+                        "--vocab", "11", "--n", "2", "--rounds", "2", "--json", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    # The children really ran under different layouts: the threaded one sees a single device.
+    assert row["threaded"]["devices"] == 1
+    assert row["per_core"]["devices"] == min(len(os.sched_getaffinity(0)), 8)
+    for side in ("per_core", "threaded"):
+        s = row[side]["tokens_per_s"]
+        assert 0 < s["min"] <= s["median"] <= s["max"]
+    per, thr = row["per_core"]["tokens_per_s"], row["threaded"]["tokens_per_s"]
+    assert row["faster"] == ("threaded" if thr["min"] > per["max"] else "per_core" if per["min"] > thr["max"]
+                             else "within the spread")
+
+
 def test_interleaved_rates_and_lead():
     import time
 

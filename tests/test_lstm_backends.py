@@ -1,8 +1,6 @@
 """Every LSTM backend against an independent reference: a plain `lax.scan` LSTM with standard sigmoids,
 `params[...][tokens]` lookups and ordinary autodiff, written here and sharing no code with seqgen_jax's
 model (no custom VJP, no gate scaling, no folded embedding, no one-hot lookups)."""
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +11,7 @@ from seqgen_jax.config import ModelConfig
 from seqgen_jax.errors import UserError
 from seqgen_jax.lstm import pallas as lstm_pallas
 from seqgen_jax.lstm import scan as lstm_scan
+from seqgen_jax import model as model_mod
 from seqgen_jax.model import apply, init_params
 
 BACKENDS = ("scan", "pallas")  # cudnn needs a GPU: benchmarks/gpu_round.py checks it there
@@ -85,6 +84,33 @@ MODEL_CASES = [("scan", 6, 8, 12, 1, 5, 7), ("scan", 9, 6, 16, 3, 4, 6), ("scan"
 
 @pytest.mark.parametrize("backend,V,E,H,L,B,T", MODEL_CASES)
 def test_model_value_and_gradient_match_plain_autodiff(backend, V, E, H, L, B, T):
+    _check_model_against_reference(backend, V, E, H, L, B, T)
+
+
+def test_model_traced_for_a_gpu_matches_plain_autodiff(monkeypatch):
+    """A model traced for a GPU embeds through the one-hot lookup (CPU takes the gather) and unrolls
+    its scan by 8: the same reference must hold. Tracing needs no GPU; only the platform is faked."""
+    calls = []
+    real = model_mod._lookup
+    monkeypatch.setattr(lstm, "platform", lambda: "gpu")
+    monkeypatch.setattr(model_mod, "_lookup", lambda *a: calls.append(1) or real(*a))
+    _check_model_against_reference("scan", 9, 6, 16, 2, 4, 6)
+    assert calls, "the GPU path did not go through the one-hot lookup"
+
+
+def test_one_hot_lookup_gradient_sums_repeated_tokens():
+    V, D = 7, 5
+    table = jax.random.normal(jax.random.key(0), (V, D))
+    tokens = jnp.array([[1, 3, 3], [6, 1, 1]])  # repeats, and rows 0, 2, 4, 5 never used
+    w = jax.random.normal(jax.random.key(1), (2, 3, D))
+    g = jax.grad(lambda t: jnp.sum(model_mod._lookup(t, tokens, V) * w))(table)
+    want = np.zeros((V, D))
+    for (b, t), tok in np.ndenumerate(np.asarray(tokens)):
+        want[tok] += np.asarray(w[b, t])
+    np.testing.assert_allclose(np.asarray(g), want, rtol=1e-6, atol=1e-6)
+
+
+def _check_model_against_reference(backend, V, E, H, L, B, T):
     cfg = ModelConfig(vocab_size=V, embed=E, hidden=H, layers=L, backend=backend)
     params = init_params(cfg, 1)
     k = jax.random.split(jax.random.key(V + L), 6)

@@ -1,0 +1,106 @@
+"""One train step on CPU, two device layouts: one device per core (the default) against one device
+that XLA threads over all cores (`SEQGEN_CPU_DEVICES=1`), by layer width.
+
+The layout is fixed when JAX's CPU backend starts, so each measurement is a child process; the two
+layouts alternate round by round (the order flips every round) so that a slow spell of the machine
+hits both. Each child times the real `Placement.train_step` on random windows (B, T) after warm-up.
+
+    python benchmarks/cpu_layout.py --hidden 384,512 --rounds 3 --json out/cpu_layout.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LAYOUTS = {"per_core": None, "threaded": "1"}  # SEQGEN_CPU_DEVICES
+
+
+def child(batch: int, steps: int, hidden: int, vocab: int, n: int) -> dict:
+    import numpy as np
+
+    import seqgen_jax  # noqa: F401  (sets the device layout before JAX starts)
+    import jax
+    from seqgen_jax.config import RunConfig
+    from seqgen_jax.parallel import Placement
+    from seqgen_jax.step import init_train_state, make_optimizer
+
+    cfg = RunConfig().override(**{"model.vocab_size": vocab, "model.embed": 64, "model.hidden": hidden})
+    tx = make_optimizer(cfg, 10_000)
+    place = Placement.for_devices("all")
+    state = place.put_state(init_train_state(cfg, tx))
+    rng = np.random.default_rng(0)
+    pool = 4 * batch
+    data = place.put_rows(rng.integers(4, vocab, (pool + 1, steps + 1)).astype(np.int32))
+    idxs = [place.put_idx(rng.permutation(pool)[:batch].astype(np.int32), pool) for _ in range(8)]
+    step = place.train_step(cfg, tx)
+    for k in range(3):
+        state, _ = step(state, data, idxs[k])
+    jax.block_until_ready(state)
+    t = time.perf_counter()
+    for k in range(n):
+        state, _ = step(state, data, idxs[k % 8])
+    jax.block_until_ready(state)
+    sec = (time.perf_counter() - t) / n
+    return {"devices": place.n_devices, "ms_per_step": 1e3 * sec, "tokens_per_s": batch * steps / sec}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hidden", default="384,512", help="comma-separated layer widths")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=64, help="time steps per window")
+    ap.add_argument("--vocab", type=int, default=183)
+    ap.add_argument("--n", type=int, default=15, help="timed train steps per child")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    widths = [int(h) for h in a.hidden.split(",")]
+    if a.child:
+        print(json.dumps(child(a.batch, a.steps, widths[0], a.vocab, a.n)))
+        return 0
+    rows = []
+    for h in widths:
+        runs = {name: [] for name in LAYOUTS}
+        for r in range(a.rounds):
+            order = list(LAYOUTS) if r % 2 == 0 else list(reversed(LAYOUTS))
+            for name in order:
+                env = dict(os.environ)
+                env.pop("XLA_FLAGS", None)
+                env.pop("SEQGEN_CPU_DEVICES", None)
+                if LAYOUTS[name] is not None:
+                    env["SEQGEN_CPU_DEVICES"] = LAYOUTS[name]
+                p = subprocess.run([sys.executable, __file__, "--child", "--hidden", str(h), "--batch", str(a.batch),
+                                    "--steps", str(a.steps), "--vocab", str(a.vocab), "--n", str(a.n)],
+                                   capture_output=True, text=True, env=env)
+                if p.returncode != 0:
+                    sys.exit(f"cpu_layout: the {name} child failed at hidden {h}: {p.stderr.strip().splitlines()[-1:]}")
+                runs[name].append(json.loads(p.stdout.strip().splitlines()[-1]))
+        row = {"hidden": h, "batch": a.batch, "steps": a.steps, "rounds": a.rounds}
+        for name, rs in runs.items():
+            tps = sorted(x["tokens_per_s"] for x in rs)
+            row[name] = {"devices": rs[0]["devices"], "tokens_per_s": {"median": tps[len(tps) // 2], "min": tps[0],
+                                                                       "max": tps[-1]}}
+        per, thr = row["per_core"]["tokens_per_s"], row["threaded"]["tokens_per_s"]
+        row["faster"] = ("threaded" if thr["min"] > per["max"] else "per_core" if per["min"] > thr["max"]
+                         else "within the spread")
+        rows.append(row)
+        print(f"H={h:5d} B×T={a.batch}×{a.steps}  per-core ({row['per_core']['devices']} devices) "
+              f"{per['median'] / 1e3:.1f}k [{per['min'] / 1e3:.1f}-{per['max'] / 1e3:.1f}]  threaded (1 device) "
+              f"{thr['median'] / 1e3:.1f}k [{thr['min'] / 1e3:.1f}-{thr['max'] / 1e3:.1f}] tokens/s  -> {row['faster']}",
+              flush=True)
+    if a.json:
+        from seqgen_jax.io import atomic_write_text
+
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(a.json, json.dumps({"rows": rows, "cpu_count": os.cpu_count()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
