@@ -17,6 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import fmt_stats, lead, summary  # noqa: E402
+
 LAYOUTS = {"per_core": None, "threaded": "1"}  # SEQGEN_CPU_DEVICES
 
 
@@ -83,21 +86,15 @@ def main(argv=None) -> int:
                 runs[name].append(json.loads(p.stdout.strip().splitlines()[-1]))
         row = {"hidden": h, "batch": a.batch, "steps": a.steps, "rounds": a.rounds}
         for name, rs in runs.items():
-            tps = sorted(x["tokens_per_s"] for x in rs)
-            row[name] = {"devices": rs[0]["devices"], "tokens_per_s": {"median": tps[len(tps) // 2], "min": tps[0],
-                                                                       "max": tps[-1]}}
+            row[name] = {"devices": rs[0]["devices"], "tokens_per_s": summary([x["tokens_per_s"] for x in rs])}
         per, thr = row["per_core"]["tokens_per_s"], row["threaded"]["tokens_per_s"]
-        row["faster"] = ("threaded" if thr["min"] > per["max"] else "per_core" if per["min"] > thr["max"]
-                         else "within the spread")
+        row["faster"] = "threaded" if lead(thr, per) else "per_core" if lead(per, thr) else "within the spread"
         rows.append(row)
-        print(f"H={h:5d} B×T={a.batch}×{a.steps}  per-core ({row['per_core']['devices']} devices) "
-              f"{per['median'] / 1e3:.1f}k [{per['min'] / 1e3:.1f}-{per['max'] / 1e3:.1f}]  threaded (1 device) "
-              f"{thr['median'] / 1e3:.1f}k [{thr['min'] / 1e3:.1f}-{thr['max'] / 1e3:.1f}] tokens/s  -> {row['faster']}",
-              flush=True)
+        print(f"H={h:5d} B×T={a.batch}×{a.steps}  per-core ({row['per_core']['devices']} devices) {fmt_stats(per)}  "
+              f"threaded (1 device) {fmt_stats(thr)} tokens/s  -> {row['faster']}", flush=True)
     if a.json:
         from seqgen_jax.io import atomic_write_text
 
-        a.json.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(a.json, json.dumps({"rows": rows, "cpu_count": os.cpu_count()}, indent=1))
     return 0
 
