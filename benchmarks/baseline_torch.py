@@ -8,9 +8,6 @@ bf16 autocast, syncs only when asked, and samples with a carried state.
 Needs the optional extra: `pip install -e '.[torch]'`."""
 from __future__ import annotations
 
-import time
-
-import numpy as np
 import torch
 from torch import nn
 

@@ -1,9 +1,11 @@
-"""One train step on CPU, two device layouts: one device per core (the default) against one device
-that XLA threads over all cores (`SEQGEN_CPU_DEVICES=1`), by layer width.
+"""One train step on CPU under three device layouts, by layer width: one device per core (the
+default), one device with Eigen's threads (`SEQGEN_CPU_DEVICES=1`), and one device with Eigen's threads
+off (`SEQGEN_CPU_DEVICES=1 XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`), where XLA:CPU's own
+runtime still spreads the matmuls over the cores.
 
-The layout is fixed when JAX's CPU backend starts, so each measurement is a child process; the two
-layouts alternate round by round (the order flips every round) so that a slow spell of the machine
-hits both. Each child times the real `Placement.train_step` on random windows (B, T) after warm-up.
+The layout is fixed when JAX's CPU backend starts, so each measurement is a child process; the
+layouts alternate round by round (the order rotates every round) so that a slow spell of the machine
+hits all. Each child times the real `Placement.train_step` on random windows (B, T) after warm-up.
 
     python benchmarks/cpu_layout.py --hidden 384,512 --rounds 3 --json out/cpu_layout.json
 """
@@ -20,7 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import fmt_stats, lead, summary  # noqa: E402
 
-LAYOUTS = {"per_core": None, "threaded": "1"}  # SEQGEN_CPU_DEVICES
+# name -> (SEQGEN_CPU_DEVICES, XLA_FLAGS)
+LAYOUTS = {"per_core": (None, None), "threaded": ("1", None),
+           "one_device": ("1", "--xla_cpu_multi_thread_eigen=false")}
 
 
 def child(batch: int, steps: int, hidden: int, vocab: int, n: int) -> dict:
@@ -49,7 +53,17 @@ def child(batch: int, steps: int, hidden: int, vocab: int, n: int) -> dict:
         state, _ = step(state, data, idxs[k % 8])
     jax.block_until_ready(state)
     sec = (time.perf_counter() - t) / n
-    return {"devices": place.n_devices, "ms_per_step": 1e3 * sec, "tokens_per_s": batch * steps / sec}
+    eigen = "xla_cpu_multi_thread_eigen=false" not in os.environ.get("XLA_FLAGS", "")
+    return {"devices": place.n_devices, "eigen_threads": eigen, "ms_per_step": 1e3 * sec,
+            "tokens_per_s": batch * steps / sec}
+
+
+def fastest(stats: dict[str, dict]) -> str:
+    """The layout whose slowest round beats every other layout's fastest, else "within the spread"."""
+    for name, s in stats.items():
+        if all(lead(s, o) for other, o in stats.items() if other != name):
+            return name
+    return "within the spread"
 
 
 def main(argv=None) -> int:
@@ -71,13 +85,16 @@ def main(argv=None) -> int:
     for h in widths:
         runs = {name: [] for name in LAYOUTS}
         for r in range(a.rounds):
-            order = list(LAYOUTS) if r % 2 == 0 else list(reversed(LAYOUTS))
+            order = list(LAYOUTS)[r % len(LAYOUTS):] + list(LAYOUTS)[:r % len(LAYOUTS)]
             for name in order:
                 env = dict(os.environ)
                 env.pop("XLA_FLAGS", None)
                 env.pop("SEQGEN_CPU_DEVICES", None)
-                if LAYOUTS[name] is not None:
-                    env["SEQGEN_CPU_DEVICES"] = LAYOUTS[name]
+                devices, flags = LAYOUTS[name]
+                if devices is not None:
+                    env["SEQGEN_CPU_DEVICES"] = devices
+                if flags is not None:
+                    env["XLA_FLAGS"] = flags
                 p = subprocess.run([sys.executable, __file__, "--child", "--hidden", str(h), "--batch", str(a.batch),
                                     "--steps", str(a.steps), "--vocab", str(a.vocab), "--n", str(a.n)],
                                    capture_output=True, text=True, env=env)
@@ -86,12 +103,13 @@ def main(argv=None) -> int:
                 runs[name].append(json.loads(p.stdout.strip().splitlines()[-1]))
         row = {"hidden": h, "batch": a.batch, "steps": a.steps, "rounds": a.rounds}
         for name, rs in runs.items():
-            row[name] = {"devices": rs[0]["devices"], "tokens_per_s": summary([x["tokens_per_s"] for x in rs])}
-        per, thr = row["per_core"]["tokens_per_s"], row["threaded"]["tokens_per_s"]
-        row["faster"] = "threaded" if lead(thr, per) else "per_core" if lead(per, thr) else "within the spread"
+            row[name] = {"devices": rs[0]["devices"], "eigen_threads": rs[0]["eigen_threads"],
+                         "tokens_per_s": summary([x["tokens_per_s"] for x in rs])}
+        row["faster"] = fastest({name: row[name]["tokens_per_s"] for name in LAYOUTS})
         rows.append(row)
-        print(f"H={h:5d} B×T={a.batch}×{a.steps}  per-core ({row['per_core']['devices']} devices) {fmt_stats(per)}  "
-              f"threaded (1 device) {fmt_stats(thr)} tokens/s  -> {row['faster']}", flush=True)
+        print(f"H={h:5d} B×T={a.batch}×{a.steps}  " + "  ".join(
+            f"{name} ({row[name]['devices']} dev) {fmt_stats(row[name]['tokens_per_s'])}" for name in LAYOUTS)
+            + f" tokens/s -> {row['faster']}", flush=True)
     if a.json:
         from seqgen_jax.io import atomic_write_text
 

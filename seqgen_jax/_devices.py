@@ -8,9 +8,14 @@ own rows: 2.5-2.8 M tokens/s against 1.1-2.3 M on the (32, 16) benchmark rows, a
 1.4 M tokens/s over a brackets epoch on 2 cores (benchmarks/NOTES.md). The flags only change host
 devices; on a GPU machine the GPUs stay the default devices.
 
-SEQGEN_CPU_DEVICES=N overrides the count (1 turns it off); an XLA_FLAGS that already sets
---xla_force_host_platform_device_count is left alone. It has no effect if JAX's CPU backend was
-started before seqgen_jax was imported.
+Wide layers are the exception: at H = 512 two devices in one process slow each other down (each
+device's matmuls spread over both cores), and one device with Eigen's threads off ran the IMDb train
+step at 11.6 k tokens/s against 8.8 k (benchmarks/NOTES.md, attempt 29). `seqgen train` therefore
+calls `prefer_one_device_for(hidden)` once the model is known, before JAX starts its backend.
+
+SEQGEN_CPU_DEVICES=N overrides the count (1 turns it off) and switches off the choice by width; an
+XLA_FLAGS that already sets --xla_force_host_platform_device_count is left alone. None of this has
+an effect once JAX's CPU backend has started.
 """
 from __future__ import annotations
 
@@ -18,7 +23,12 @@ import os
 from pathlib import Path
 
 _FLAG = "--xla_force_host_platform_device_count"
+_EIGEN_OFF = "--xla_cpu_multi_thread_eigen=false"
 MAX_DEFAULT = 8  # more devices than this split a 10k-token batch into slivers
+# From this width on, one device beat one device per core (NOTES attempt 29: H = 512 lead beyond the
+# spread; H = 384 per-core ahead within it).
+ONE_DEVICE_FROM_HIDDEN = 512
+_state = {"user_flags": None, "auto": False}
 
 
 def default_count() -> int:
@@ -31,9 +41,10 @@ def default_count() -> int:
 
 def configure_host_devices() -> None:
     flags = os.environ.get("XLA_FLAGS", "")
-    if _FLAG in flags:
+    if _FLAG in flags:  # the user's count, or an earlier call's, stands
         return
     raw = os.environ.get("SEQGEN_CPU_DEVICES", "")
+    _state.update(user_flags=flags, auto=not raw)
     try:
         n = int(raw) if raw else default_count()
     except ValueError:
@@ -41,8 +52,31 @@ def configure_host_devices() -> None:
     if n > 1:
         extra = f"{_FLAG}={n}"
         if "xla_cpu_multi_thread_eigen" not in flags:
-            extra += " --xla_cpu_multi_thread_eigen=false"
+            extra += f" {_EIGEN_OFF}"
         os.environ["XLA_FLAGS"] = f"{flags} {extra}".strip()
+
+
+def _backend_started() -> bool:
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge.backends_are_initialized())
+    except Exception:  # a JAX without this probe: assume started, change nothing
+        return True
+
+
+def prefer_one_device_for(hidden: int) -> bool:
+    """One XLA:CPU device (Eigen's threads off) instead of one per core, for layers of `hidden` units
+    or more, where the layout was chosen by default and JAX's backend has not started. Returns whether
+    it switched."""
+    if not _state["auto"] or hidden < ONE_DEVICE_FROM_HIDDEN or default_count() == 1 or _backend_started():
+        return False
+    flags = _state["user_flags"] or ""
+    if "xla_cpu_multi_thread_eigen" not in flags:
+        flags = f"{flags} {_EIGEN_OFF}"
+    os.environ["XLA_FLAGS"] = flags.strip()
+    _state["auto"] = False
+    return True
 
 
 def enable_compilation_cache() -> None:

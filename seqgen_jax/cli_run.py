@@ -134,7 +134,7 @@ def cmd_train(a) -> None:
     if a.num_processes is not None and not (a.num_processes >= 1 and 0 <= (a.process_id or 0) < a.num_processes):
         raise UserError(f"--process-id {a.process_id} must be in [0, --num-processes {a.num_processes})")
     try:
-        parallel.maybe_initialize_distributed(a.coordinator, a.num_processes, a.process_id)
+        multi = parallel.maybe_initialize_distributed(a.coordinator, a.num_processes, a.process_id)
     except (ValueError, RuntimeError) as e:
         raise UserError(f"cannot start the multi-host runtime with --coordinator {a.coordinator}: "
                         f"{str(e).splitlines()[0][:200]}") from None
@@ -146,6 +146,10 @@ def cmd_train(a) -> None:
         # (--epochs, --max-time) and where the IMDb archive is (--imdb) may change.
         flags = {v: "--" + k.replace("_", "-") for k, v in FLAG_TO_FIELD.items()}
         cfg = RunDir(run_dir).resume_config(cfg, given, name_of=lambda k: flags.get(k, "--set " + k))
+    if not multi:
+        from ._devices import prefer_one_device_for
+
+        prefer_one_device_for(cfg.model.hidden)  # wide layers: one device (the backend starts below)
     rec = train(cfg, run_dir, resume=a.resume)
     if rec:
         print(f"run directory: {run_dir}")

@@ -28,13 +28,17 @@ from .step import apply_grads, dropout_key, local_grads, masked_nll, step_fn
 
 
 def maybe_initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                                 process_id: int | None = None) -> None:
-    """Explicit flags, or SLURM / cluster auto-detection when several tasks were launched."""
+                                 process_id: int | None = None) -> bool:
+    """Explicit flags, or SLURM / cluster auto-detection when several tasks were launched. Returns
+    whether the multi-process runtime was started."""
     if coordinator is not None:
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                    process_id=process_id)
-    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "JAX_COORDINATOR_ADDRESS" in os.environ:
+        return True
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "JAX_COORDINATOR_ADDRESS" in os.environ:
         jax.distributed.initialize()
+        return True
+    return False
 
 
 def make_mesh(devices: str | int = "all") -> jax.sharding.Mesh:

@@ -30,22 +30,25 @@ def test_throughput_harness_smoke(tmp_path):
     assert "| kind | what |" in p.stdout
 
 
-def test_cpu_layout_runs_both_layouts(tmp_path):
+def test_cpu_layout_runs_every_layout(tmp_path):
     out = tmp_path / "l.json"
     p = subprocess.run([sys.executable, "benchmarks/cpu_layout.py", "--hidden", "8", "--batch", "4", "--steps", "3",
                         "--vocab", "11", "--n", "2", "--rounds", "2", "--json", str(out)], cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     (row,) = json.loads(out.read_text())["rows"]
-    # The children really ran under different layouts: the threaded one sees a single device.
-    assert row["threaded"]["devices"] == 1
-    assert row["per_core"]["devices"] == min(len(os.sched_getaffinity(0)), 8)
-    for side in ("per_core", "threaded"):
+    # The children really ran under different layouts: device counts and Eigen's threads as named.
+    cores = min(len(os.sched_getaffinity(0)), 8)
+    assert (row["per_core"]["devices"], row["per_core"]["eigen_threads"]) == (cores, cores == 1)
+    assert (row["threaded"]["devices"], row["threaded"]["eigen_threads"]) == (1, True)
+    assert (row["one_device"]["devices"], row["one_device"]["eigen_threads"]) == (1, False)
+    names = ("per_core", "threaded", "one_device")
+    for side in names:
         s = row[side]["tokens_per_s"]
-        assert 0 < s["min"] <= s["median"] <= s["max"]
-    per, thr = row["per_core"]["tokens_per_s"], row["threaded"]["tokens_per_s"]
-    assert row["faster"] == ("threaded" if thr["min"] > per["max"] else "per_core" if per["min"] > thr["max"]
-                             else "within the spread")
+        assert 0 < s["min"] <= s["median"] <= s["max"] and s["repeats"] == 2
+    winners = [n for n in names if all(row[n]["tokens_per_s"]["min"] > row[o]["tokens_per_s"]["max"]
+                                       for o in names if o != n)]
+    assert row["faster"] == (winners[0] if winners else "within the spread")
 
 
 def test_interleaved_rates_and_lead():

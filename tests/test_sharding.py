@@ -100,6 +100,7 @@ def test_cpu_device_flags(monkeypatch):
     """One XLA:CPU device per core unless told otherwise; a user's own device-count flag wins."""
     from seqgen_jax import _devices
 
+    monkeypatch.setattr(_devices, "_state", {"user_flags": None, "auto": False})
     monkeypatch.delenv("SEQGEN_CPU_DEVICES", raising=False)
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
     monkeypatch.setattr(_devices, "default_count", lambda: 2)
@@ -118,6 +119,52 @@ def test_cpu_device_flags(monkeypatch):
     _devices.configure_host_devices()
     assert os.environ["XLA_FLAGS"].split() == ["--xla_cpu_multi_thread_eigen=true",
                                                "--xla_force_host_platform_device_count=3"]
+
+
+def test_wide_layers_switch_to_one_device_only_when_the_layout_was_ours(monkeypatch):
+    from seqgen_jax import _devices
+
+    monkeypatch.setattr(_devices, "_state", {"user_flags": None, "auto": False})
+    monkeypatch.setattr(_devices, "default_count", lambda: 2)
+    monkeypatch.setattr(_devices, "_backend_started", lambda: False)
+    monkeypatch.delenv("SEQGEN_CPU_DEVICES", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+    _devices.configure_host_devices()
+    per_core = os.environ["XLA_FLAGS"]
+    assert not _devices.prefer_one_device_for(384) and os.environ["XLA_FLAGS"] == per_core
+    assert _devices.prefer_one_device_for(512)
+    assert os.environ["XLA_FLAGS"].split() == ["--xla_dump_to=/tmp/x", "--xla_cpu_multi_thread_eigen=false"]
+    assert not _devices.prefer_one_device_for(1024)  # once
+    # A count the user chose, by SEQGEN_CPU_DEVICES or by XLA_FLAGS, is never overridden.
+    for env, flags in (({"SEQGEN_CPU_DEVICES": "2"}, ""), ({}, "--xla_force_host_platform_device_count=2")):
+        monkeypatch.setattr(_devices, "_state", {"user_flags": None, "auto": False})
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setenv("XLA_FLAGS", flags)
+        _devices.configure_host_devices()
+        before = os.environ["XLA_FLAGS"]
+        assert not _devices.prefer_one_device_for(512) and os.environ["XLA_FLAGS"] == before
+    # Once the backend has started, flags would be ignored: leave them.
+    monkeypatch.delenv("SEQGEN_CPU_DEVICES")
+    monkeypatch.setattr(_devices, "_state", {"user_flags": None, "auto": False})
+    monkeypatch.setenv("XLA_FLAGS", "")
+    _devices.configure_host_devices()
+    monkeypatch.setattr(_devices, "_backend_started", lambda: True)
+    assert not _devices.prefer_one_device_for(512)
+
+
+def test_a_wide_model_really_gets_one_device():
+    """In a fresh process, as `seqgen train` does it: the switch happens before the backend starts."""
+    code = ("import seqgen_jax, jax; from seqgen_jax._devices import prefer_one_device_for as p, default_count; "
+            "s = p(512); print(s, jax.device_count(), default_count())")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "SEQGEN_CPU_DEVICES")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    switched, devices, cores = out.stdout.split()
+    assert (switched, devices) == (("True", "1") if int(cores) > 1 else ("False", "1"))
+    narrow = code.replace("p(512)", "p(384)")
+    out = subprocess.run([sys.executable, "-c", narrow], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    switched, devices, cores = out.stdout.split()
+    assert (switched, devices) == ("False", cores)
 
 
 def test_batches_are_filled_with_the_padding_row_to_a_multiple_of_the_devices():
