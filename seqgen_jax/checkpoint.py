@@ -22,6 +22,26 @@ logging.getLogger("absl").setLevel(logging.CRITICAL)  # orbax logs background fa
 # also log it as "Task exception was never retrieved" with a page of tensorstore spec.
 logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
+
+def _drop_late_write_reports(previous):
+    """When a background save fails (a full disk), orbax closes its event loop while other tensorstore
+    writes are still in flight; as each ends, tensorstore's own thread posts the result to the closed
+    loop and reports the RuntimeError as unraisable: a bare traceback per write, at any moment up to
+    exit. The failure itself reaches the caller through orbax, so only these reports are dropped."""
+    import threading
+
+    def hook(u):
+        if (u.exc_type is RuntimeError and str(u.exc_value) == "Event loop is closed"
+                and threading.current_thread() is not threading.main_thread()):
+            return
+        previous(u)
+    hook.seqgen_filter = True
+    return hook
+
+
+if not getattr(sys.unraisablehook, "seqgen_filter", False):
+    sys.unraisablehook = _drop_late_write_reports(sys.unraisablehook)
+
 _OPEN: "weakref.WeakSet[Checkpointer]" = None  # set below, once the class exists
 
 

@@ -50,6 +50,7 @@ class TrainConfig:
     epochs: int = 3
     max_tokens: int = 10_000  # token budget per batch, padding included
     clip: float = 5.0
+    adam_b2: float = 0.999  # Adam's second-moment decay (--set train.adam_b2=0.99)
     seed: int = 0
     max_time: float | None = None  # seconds; checkpoint and stop when reached
     log_every: int = 50
@@ -179,6 +180,7 @@ def validate(cfg: RunConfig) -> None:
     checks = [
         (t.lr > 0, f"--lr {t.lr} must be > 0"),
         (t.clip > 0, f"--clip {t.clip} must be > 0"),
+        (0 <= t.adam_b2 < 1, f"train.adam_b2 {t.adam_b2} must be in [0, 1), e.g. 0.999 (optax's default)"),
         (t.epochs >= 1, f"--epochs {t.epochs} must be >= 1"),
         (t.max_tokens >= 3, f"--max-tokens {t.max_tokens} must be >= 3 (a 1-symbol string with its "
                             "start and end markers)"),

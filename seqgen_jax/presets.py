@@ -13,7 +13,8 @@ PRESETS: dict[str, dict] = {
     # the measurements); in 30 minutes on 2 CPU cores width beat updates: (64, 512) at lr 0.007 scored
     # 1.875 bits/char on 2,000 test reviews in ~7,600 steps, (64, 384) at lr 0.01 1.888 in 18,500, and
     # 1.854 in 9,951 steps once a layer this wide trained on one CPU device (README). 128 windows per
-    # step ran 1.6x the tokens/s but scored 1.911 in 2,848 steps: updates count more than tokens here.
+    # step ran 1.6x the tokens/s but scored 1.911 in 2,848 steps: updates count more than tokens here,
+    # down to ~32: 16 windows with Adam's b2 at 0.99 (14,548 steps) tied the preset (1.853).
     # The cosine-time schedule ends wherever --max-time stops the two planned passes. Each window starts
     # from a zero state: carrying the state through the reviews (--carry-state) scored no better on whole
     # test reviews (2.121 against 2.114 bits/char, README).

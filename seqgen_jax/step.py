@@ -79,8 +79,9 @@ def make_optimizer(cfg: RunConfig, total_steps: int) -> optax.GradientTransforma
     the steps that fit in --max-time, so a run cut by the clock still ends at the low learning rate."""
     clip = optax.clip_by_global_norm(cfg.train.clip)
     if cfg.train.schedule == "cosine-time":
-        return optax.chain(clip, optax.scale_by_adam(), _scale_by_fitted_cosine(FittedCosine(cfg, total_steps)))
-    return optax.chain(clip, optax.adam(make_schedule(cfg, total_steps)))
+        return optax.chain(clip, optax.scale_by_adam(b2=cfg.train.adam_b2),
+                           _scale_by_fitted_cosine(FittedCosine(cfg, total_steps)))
+    return optax.chain(clip, optax.adam(make_schedule(cfg, total_steps), b2=cfg.train.adam_b2))
 
 
 def get_horizon(state: dict) -> float | None:

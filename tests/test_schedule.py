@@ -132,3 +132,34 @@ def test_a_run_cut_by_the_clock_ends_at_the_floor(tmp_path, monkeypatch):
     total = per_epoch * short.train.epochs
     ref = optax.warmup_cosine_decay_schedule(0.0, PEAK, min(50, total // 10), total, end_value=PEAK * 0.02)
     assert after and all(m["lr"] == pytest.approx(float(ref(m["step"] - 1)), rel=1e-5) for m in after)
+
+
+@pytest.mark.parametrize("schedule", ["cosine-time", "constant"])
+def test_adam_b2_reaches_the_update(schedule):
+    """train.adam_b2 against Adam written out in numpy (b1 0.9, eps 1e-8, bias-corrected), with
+    gradients small enough that the clip never acts; b2 0.9 is far enough from 0.999 that an ignored
+    setting moves the parameters by far more than the tolerance."""
+    cfg, total = _cfg(schedule).override(**{"train.adam_b2": 0.9}), 40
+    tx = make_optimizer(cfg, total)
+    p = {"w": jnp.ones((3, 4))}
+    s = tx.init(p)
+    ref = optax.warmup_cosine_decay_schedule(0.0, PEAK, 4, total, end_value=PEAK * 0.02)
+    w, m, v = np.ones((3, 4)), np.zeros((3, 4)), np.zeros((3, 4))
+    rng = np.random.default_rng(1)
+    for count in range(12):
+        g = rng.normal(size=(3, 4)) * 0.1 * (1 + count % 3)
+        u, s = tx.update({"w": jnp.asarray(g, jnp.float32)}, s, p)
+        p = optax.apply_updates(p, u)
+        m, v = 0.9 * m + 0.1 * g, 0.9 * v + 0.1 * g * g
+        mhat, vhat = m / (1 - 0.9 ** (count + 1)), v / (1 - 0.9 ** (count + 1))
+        lr = PEAK if schedule == "constant" else float(ref(count))
+        w = w - lr * mhat / (np.sqrt(vhat) + 1e-8)
+    np.testing.assert_allclose(np.asarray(p["w"]), w, rtol=1e-5, atol=1e-7)
+
+
+def test_adam_b2_out_of_range_is_one_clear_error():
+    from seqgen_jax.config import validate
+    from seqgen_jax.errors import UserError
+
+    with pytest.raises(UserError, match="adam_b2 1.0 must be in"):
+        validate(_cfg().override(**{"train.adam_b2": 1.0}))
