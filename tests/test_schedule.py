@@ -137,9 +137,10 @@ def test_a_run_cut_by_the_clock_ends_at_the_floor(tmp_path, monkeypatch):
 @pytest.mark.parametrize("schedule", ["cosine-time", "constant"])
 def test_adam_b2_reaches_the_update(schedule):
     """train.adam_b2 against Adam written out in numpy (b1 0.9, eps 1e-8, bias-corrected), with
-    gradients small enough that the clip never acts; b2 0.9 is far enough from 0.999 that an ignored
-    setting moves the parameters by far more than the tolerance."""
-    cfg, total = _cfg(schedule).override(**{"train.adam_b2": 0.9}), 40
+    gradients small enough that the clip never acts; b2 0.95 is far enough from 0.999 that an ignored
+    setting moves the parameters by far more than the tolerance, and differs from b1 so that b2 passed
+    as b1 fails too."""
+    cfg, total = _cfg(schedule).override(**{"train.adam_b2": 0.95}), 40
     tx = make_optimizer(cfg, total)
     p = {"w": jnp.ones((3, 4))}
     s = tx.init(p)
@@ -150,8 +151,8 @@ def test_adam_b2_reaches_the_update(schedule):
         g = rng.normal(size=(3, 4)) * 0.1 * (1 + count % 3)
         u, s = tx.update({"w": jnp.asarray(g, jnp.float32)}, s, p)
         p = optax.apply_updates(p, u)
-        m, v = 0.9 * m + 0.1 * g, 0.9 * v + 0.1 * g * g
-        mhat, vhat = m / (1 - 0.9 ** (count + 1)), v / (1 - 0.9 ** (count + 1))
+        m, v = 0.9 * m + 0.1 * g, 0.95 * v + 0.05 * g * g
+        mhat, vhat = m / (1 - 0.9 ** (count + 1)), v / (1 - 0.95 ** (count + 1))
         lr = PEAK if schedule == "constant" else float(ref(count))
         w = w - lr * mhat / (np.sqrt(vhat) + 1e-8)
     np.testing.assert_allclose(np.asarray(p["w"]), w, rtol=1e-5, atol=1e-7)
