@@ -1,10 +1,17 @@
 """The course's model in PyTorch, as the baseline seqgen_jax is measured against.
 
-Embedding -> nn.LSTM (cuDNN on GPU, oneDNN on CPU) -> Linear, Adam with clip_grad_norm_(5), in two
-variants: `course` pads each batch on the host every step, calls `.item()` every step and samples by
-re-running the whole prefix; `careful` is what a careful PyTorch user writes: pre-padded batches on the
-device, time-major input (nn.LSTM's native layout), fused Adam, `cudnn.benchmark` on GPU, optional
-bf16 autocast, syncs only when asked, and samples with a carried state.
+Embedding -> nn.LSTM (cuDNN on GPU, oneDNN on CPU) -> Linear, Adam with clip_grad_norm_(5), in these
+variants:
+* `course` pads each batch on the host every step, calls `.item()` every step and samples by
+  re-running the whole prefix;
+* `careful` is what a careful PyTorch user writes: pre-padded batches on the device, time-major input
+  (nn.LSTM's native layout), fused Adam, `cudnn.benchmark` on GPU, optional bf16 autocast, syncs only
+  when asked, and samples with a carried state;
+* `folded` (careful + seqgen_jax's embedding fold): the embedding folded into the LSTM's input
+  weights, as a one-hot input of width V into nn.LSTM (W_ih (4H, V) is the table E·W_ih + b), so the
+  (T·B, E) x (E, 4H) projection and its gradients become V-wide: the same algebra seqgen_jax uses;
+* `compiled` (folded + `torch.compile`; on a GPU mode="reduce-overhead", i.e. CUDA graphs), its
+  compilation done in the first (warm-up) call and reported apart by the callers.
 Needs the optional extra: `pip install -e '.[torch]'`."""
 from __future__ import annotations
 
@@ -13,14 +20,18 @@ from torch import nn
 
 
 class CourseLSTM(nn.Module):
-    def __init__(self, vocab: int, embed: int, hidden: int, layers: int = 1, batch_first: bool = True):
+    def __init__(self, vocab: int, embed: int, hidden: int, layers: int = 1, batch_first: bool = True,
+                 folded: bool = False):
         super().__init__()
-        self.embed = nn.Embedding(vocab, embed)
-        self.lstm = nn.LSTM(embed, hidden, num_layers=layers, batch_first=batch_first)
+        self.vocab, self.folded = vocab, folded
+        # Folded: no embedding table; nn.LSTM reads one-hot tokens, its W_ih being the folded table.
+        self.embed = None if folded else nn.Embedding(vocab, embed)
+        self.lstm = nn.LSTM(vocab if folded else embed, hidden, num_layers=layers, batch_first=batch_first)
         self.out = nn.Linear(hidden, vocab)
 
     def forward(self, x, state=None):
-        y, state = self.lstm(self.embed(x), state)
+        inp = nn.functional.one_hot(x, self.vocab).float() if self.folded else self.embed(x)
+        y, state = self.lstm(inp, state)
         return self.out(y), state
 
 
@@ -49,15 +60,22 @@ class Trainer:
     """`careful=True`: time-major model, fused Adam, `bf16` autocast if asked; `careful=False`: the
     course's batch-first model and plain Adam (`step_course`)."""
 
-    def __init__(self, vocab, embed, hidden, device, lr=1e-3, clip=5.0, seed=0, careful=True, bf16=False):
+    def __init__(self, vocab, embed, hidden, device, lr=1e-3, clip=5.0, seed=0, careful=True, bf16=False,
+                 folded=False, compiled=False):
         torch.manual_seed(seed)
         self.device = torch.device(device)
         self.careful = careful
-        self.model = CourseLSTM(vocab, embed, hidden, batch_first=not careful).to(self.device)
+        self.model = CourseLSTM(vocab, embed, hidden, batch_first=not careful, folded=folded).to(self.device)
         self.opt = _fused_adam(self.model.parameters(), lr) if careful else torch.optim.Adam(self.model.parameters(), lr=lr)
         self.clip = clip
         self.bf16 = bf16
         self.loss_fn = nn.CrossEntropyLoss(ignore_index=0)
+        self.forward = self.model
+        if compiled:
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            # dynamic: one compilation serves every bucket shape of an epoch (dynamic=False recompiled per
+            # shape, ~20 s each on 2 CPU cores)
+            self.forward = torch.compile(self.model, mode=mode, dynamic=True)
 
     def _step(self, rows: torch.Tensor):
         """rows (B, T+1), batch-major as stored; the careful model reads them time-major."""
@@ -67,7 +85,7 @@ class Trainer:
         else:
             inp, tgt = rows[:, :-1], rows[:, 1:]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            logits, _ = self.model(inp)
+            logits, _ = self.forward(inp)
             loss = self.loss_fn(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -92,7 +110,7 @@ class Trainer:
             x = torch.full((1, n), 1, dtype=torch.long, device=self.device)
             state, out = None, []
             for _ in range(length):
-                logits, state = self.model(x, state)
+                logits, state = self.forward(x, state)
                 p = torch.softmax(logits[-1] / temperature, dim=-1)
                 x = torch.multinomial(p, 1).t()
                 out.append(x)

@@ -16,7 +16,7 @@ def jax_precision(precision: str) -> None:
     jax.config.update("jax_default_matmul_precision", "highest" if precision == "fp32" else "tensorfloat32")
 
 
-def jax_train(e, h, V, B, T, *, backend="auto", precision="fp32", unroll=0, sharded=True, layers=1):
+def jax_train(e, h, V, B, T, *, backend="auto", precision="fp32", unroll=0, sharded=True, layers=1, fold=True):
     """(variant, compile seconds) for one train step on a fixed (B, T) batch, as `seqgen train` runs it
     (`sharded`: over a mesh of every local device; else one bare jit on the default device)."""
     import jax
@@ -27,6 +27,7 @@ def jax_train(e, h, V, B, T, *, backend="auto", precision="fp32", unroll=0, shar
 
     cfg = RunConfig().override(**{"model.embed": e, "model.hidden": h, "model.vocab_size": V,
                                   "model.layers": layers, "model.backend": backend, "model.unroll": unroll,
+                                  "model.fold": fold,
                                   "model.precision": "bf16" if precision == "bf16" else "fp32"})
     tx = make_optimizer(cfg, 10_000)
     rng = np.random.default_rng(0)
@@ -70,40 +71,73 @@ def jax_sample(e, h, V, n, length, *, backend="auto"):
     return run, jax.block_until_ready
 
 
-def jax_epoch(strings, e, h, budget, *, backend="auto", precision="fp32", epochs=2, max_buckets=12):
-    """(epoch seconds, compile seconds, split, prep seconds).
-
-    The split is bucketed and placed on the device once, as `seqgen train` does and as `torch_epoch`'s
-    matrices are, and that preparation is timed apart (`prep`); each epoch's time holds the shuffle,
-    the per-step index transfers and the steps."""
-    import jax
-
-    from seqgen_jax.buckets import BucketedSplit, epoch_order
-    from seqgen_jax.config import RunConfig
+def epoch_dataset(strings):
+    """A brackets Dataset of `strings` for the epoch rows (validation and test unused)."""
+    from seqgen_jax.data import Brackets, Dataset
     from seqgen_jax.data.vocab import Ragged, Vocab
-    from seqgen_jax.parallel import Placement
-    from seqgen_jax.step import init_train_state, make_optimizer
 
     vocab = Vocab.from_symbols("()")
-    cfg = RunConfig().override(**{"model.embed": e, "model.hidden": h, "model.vocab_size": len(vocab),
+    seqs = Ragged.from_strings(strings, vocab)
+    return Dataset("brackets", "brackets", vocab, seqs, seqs, seqs, language=Brackets())
+
+
+def jax_epoch(strings, e, h, budget, *, feed="bucket", backend="auto", precision="fp32", max_buckets=12,
+              steps_per_call=0, chunk=None):
+    """One epoch of `strings` as `seqgen train` runs it, with the given feed: (variant running the next
+    epoch, compile seconds, prep seconds, real tokens per epoch).
+
+    The feed's device matrices are built and placed once (`prep`, timed apart), every block shape is
+    compiled ahead (`compile`, timed apart); each call of the variant runs one whole epoch: the block
+    order, the per-block transfers and the steps."""
+    import jax
+
+    from seqgen_jax.config import RunConfig
+    from seqgen_jax.parallel import Placement
+    from seqgen_jax.step import init_train_state, make_optimizer
+    from seqgen_jax.train import make_feed
+
+    ds = epoch_dataset(strings)
+    cfg = RunConfig().override(**{"model.embed": e, "model.hidden": h, "model.vocab_size": len(ds.vocab),
                                   "model.backend": backend, "model.precision": "bf16" if precision == "bf16" else "fp32",
-                                  "train.max_buckets": max_buckets})
+                                  "train.max_buckets": max_buckets, "train.max_tokens": budget, "data.feed": feed,
+                                  "train.steps_per_call": steps_per_call, "data.chunk": chunk})
     place = Placement.for_devices("all")
-    tx = make_optimizer(cfg, 10_000)
-    state = place.put_state(init_train_state(cfg, tx))
-    step = place.train_step(cfg, tx)
     t = time.perf_counter()
-    split = BucketedSplit.build(Ragged.from_strings(strings, vocab), budget, cfg.train.max_buckets, place)
-    jax.block_until_ready(split.data)
+    fd = make_feed(cfg, ds, place)
+    tx = make_optimizer(cfg, 10_000)
+    state = init_train_state(cfg, tx)
+    if fd.spec.window is not None:
+        state["carry"] = fd.init_carry()
+    holder = {"s": place.put_state(state), "epoch": 0}
+    runner = place.block_runner(cfg, tx, fd.spec)
+    examples = fd.examples(holder["s"])
+    jax.block_until_ready([x[1] for x in examples])
     prep = time.perf_counter() - t
-    times = []
-    for epoch in range(epochs):
-        t = time.perf_counter()
-        for b, idx in epoch_order(split.plan, 0, epoch):
-            state, m = step(state, *split.batch(b, idx))
-        jax.block_until_ready(state["params"])
-        times.append(time.perf_counter() - t)
-    return times, times[0] - min(times[1:]), split, prep
+    compile_s = runner.compile(examples)
+
+    def run():
+        st = holder["s"]
+        if "carry" in st:
+            st["carry"] = place.put_carry(fd.init_carry())
+        for block in fd.blocks(holder["epoch"]):
+            st, m = runner(st, block.data, block.xs, block.live)
+        holder["s"], holder["epoch"] = st, holder["epoch"] + 1
+        return st["params"]
+
+    return (run, jax.block_until_ready), compile_s, prep, fd.tokens_per_epoch
+
+
+def bucket_split(strings, budget, max_buckets=12):
+    """The bucket plan and padded matrices (host arrays) PyTorch's epoch rows train on: the same plan
+    as seqgen_jax's bucket feed."""
+    from seqgen_jax.buckets import BucketedSplit
+    from seqgen_jax.data.vocab import Ragged, Vocab
+
+    class Host:  # no device placement: PyTorch copies the matrices itself
+        def put_rows(self, rows):
+            return rows
+
+    return BucketedSplit.build(Ragged.from_strings(strings, Vocab.from_symbols("()")), budget, max_buckets, Host())
 
 
 # ---------------------------------------------------------------- PyTorch
@@ -113,13 +147,13 @@ def torch_device(device: str):
     return torch.device("cuda" if device == "gpu" else "cpu")
 
 
-def torch_train(e, h, V, B, T, *, device="cpu", careful=True, bf16=False):
+def torch_train(e, h, V, B, T, *, device="cpu", careful=True, bf16=False, folded=False, compiled=False):
     import torch
 
     from baseline_torch import Trainer, sync
 
     dev = torch_device(device)
-    tr = Trainer(V, e, h, dev, careful=careful, bf16=bf16)
+    tr = Trainer(V, e, h, dev, careful=careful, bf16=bf16, folded=folded, compiled=compiled)
     rows_np = np.random.default_rng(0).integers(4, V, size=(B, T + 1))
     if careful:
         rows = torch.as_tensor(rows_np, device=dev)
@@ -128,25 +162,26 @@ def torch_train(e, h, V, B, T, *, device="cpu", careful=True, bf16=False):
     return lambda: tr.step_course(seqs), lambda _: sync(dev)
 
 
-def torch_sample(e, h, V, n, length, *, device="cpu", careful=True):
+def torch_sample(e, h, V, n, length, *, device="cpu", careful=True, folded=False, compiled=False):
     from baseline_torch import Trainer, sync
 
     dev = torch_device(device)
-    tr = Trainer(V, e, h, dev, careful=careful)
+    tr = Trainer(V, e, h, dev, careful=careful, folded=folded, compiled=compiled)
     if careful:
         return lambda: tr.sample_carried(n, length), lambda _: sync(dev)
     return lambda: tr.sample_prefix_rerun(n, length), lambda _: sync(dev)
 
 
-def torch_epoch(split, strings, e, h, *, device="cpu", careful=True, bf16=False, epochs=2):
-    """Warm-epoch seconds of the same bucket plan and batch order as `jax_epoch`'s split."""
+def torch_epoch(split, strings, e, h, *, device="cpu", careful=True, bf16=False, folded=False, compiled=False):
+    """A variant running one warm epoch of the same bucket plan (`bucket_split`) per call, the batch
+    order shuffled per epoch as seqgen_jax's is: careful = pre-padded matrices on the device."""
     import torch
 
     from baseline_torch import Trainer, sync
     from seqgen_jax.buckets import epoch_order
 
     dev = torch_device(device)
-    tr = Trainer(6, e, h, dev, careful=careful, bf16=bf16)
+    tr = Trainer(6, e, h, dev, careful=careful, bf16=bf16, folded=folded, compiled=compiled)
     plan = split.plan
     if careful:  # pre-padded bucket matrices on the device, once
         mats = [torch.as_tensor(np.asarray(d), device=dev).long() for d in split.data]
@@ -154,14 +189,14 @@ def torch_epoch(split, strings, e, h, *, device="cpu", careful=True, bf16=False,
         w2i = {"(": 4, ")": 5}
         enc = [[1] + [w2i[c] for c in s] + [2] for s in strings]
         members = [plan.members(b) for b in range(len(plan.buckets))]
-    times = []
-    for epoch in range(epochs):
-        t = time.perf_counter()
-        for b, idx in epoch_order(plan, 0, epoch):
+    epoch = {"n": 0}
+
+    def run():
+        for b, idx in epoch_order(plan, 0, epoch["n"]):
             if careful:
                 tr.step_careful(mats[b][torch.as_tensor(idx, device=dev)])
             else:
                 tr.step_course([enc[j] for j in (members[b][i] for i in idx if i < len(members[b]))])
-        sync(dev)
-        times.append(time.perf_counter() - t)
-    return times
+        epoch["n"] += 1
+
+    return run, lambda _: sync(dev)

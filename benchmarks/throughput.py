@@ -1,13 +1,17 @@
-"""Throughput of seqgen_jax against the PyTorch baseline (benchmarks/baseline_torch.py), shape by shape.
+"""Throughput of seqgen_jax against the strongest PyTorch a careful user runs, shape by shape.
 
     python benchmarks/throughput.py [--quick] [--device cpu|gpu] [--precision fp32|tf32|bf16] [--json OUT]
 
-Rows: train steps (forward + backward + clip + Adam) at fixed shapes; one epoch of brackets strings end
-to end (bucketing and batching included; compile time reported apart); sampling n x 200 tokens.
-Every row runs seqgen_jax and both PyTorch variants interleaved over `--repeats` rounds
-(`harness.interleaved`) and reports median and min-max of each; "lead" is claimed only where JAX's
-slowest repeat beats careful PyTorch's fastest. The table is printed last and written as JSON with
-the device, versions, date and precision."""
+Rows: train steps (forward + backward + clip + Adam) at fixed shapes; one epoch of brackets strings
+end to end with each seqgen_jax feed (bucket, packed; the feed's matrices built and every shape
+compiled ahead, both timed apart); sampling n x 200 tokens. PyTorch variants (benchmarks/
+baseline_torch.py): careful (eager, pre-padded, fused Adam), folded (careful + the same embedding fold
+seqgen_jax uses), compiled (folded + torch.compile; CUDA graphs on a GPU) and the course's code. Every
+row runs all variants interleaved over `--repeats` rounds (`harness.interleaved`) and reports median
+and min-max; `ratio_best` divides seqgen_jax's median by the best PyTorch variant's (`best_torch`),
+and a lead is claimed only where seqgen_jax's slowest repeat beats that variant's fastest. Ablations:
+`jax_nofold` (train rows: seqgen_jax with the fold off). The table is printed last and written as
+JSON with the device, versions, date, precision and command."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +19,9 @@ import datetime
 import json
 import os
 import platform
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +33,28 @@ import rows as R  # noqa: E402
 
 SHAPES = [(1000, 10), (250, 40), (50, 200), (6000, 10), (300, 200)]
 MODELS = [(32, 16, 6), (300, 300, 6), (250, 250, 100)]
+TORCH = ("torch_careful", "torch_folded", "torch_compiled")  # the variants `best_torch` is chosen from
+
+
+def best_of(stats: dict) -> tuple[str | None, dict | None]:
+    have = [(k, stats[k]) for k in TORCH if stats.get(k)]
+    if not have:
+        return None, None
+    return max(have, key=lambda kv: kv[1]["median"])
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except OSError:
+        return ""
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="15,000-string epochs and shorter prefix-re-run "
-                    "sampling: fits about 10 minutes on 2 CPU cores")
+    ap.add_argument("--quick", action="store_true", help="15,000-string epochs, two models and shorter "
+                    "prefix-re-run sampling: fits about 15 minutes on 2 CPU cores")
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     ap.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
                     help="fp32: strict float32 on both sides; tf32: both frameworks' TF32 (GPU); bf16: bf16 "
@@ -40,17 +62,24 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds per row (>= 5 for a claim)")
     ap.add_argument("--json", default="benchmarks/results/throughput.json")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    ap.add_argument("--only", choices=("train", "epoch", "sample"), action="append",
+                    help="run only these kinds of rows (repeatable)")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, to check the harness itself (tests)")
     args = ap.parse_args(argv)
     models, shapes, epoch_size, sample_ns, sample_len = MODELS, SHAPES, (300, 300), (1000, 10), 200
+    if args.quick:
+        models = [(32, 16, 6), (300, 300, 6)]
     if args.smoke:
         models, shapes, epoch_size, sample_ns, sample_len = [(8, 8, 6)], [(20, 5)], (8, 8), (10,), 20
+    kinds = set(args.only or ("train", "epoch", "sample"))
     if args.device == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
 
     R.jax_precision(args.precision)
     have_torch = not args.no_torch
+    compile_note = None
     if have_torch:
         try:
             import torch
@@ -62,89 +91,142 @@ def main(argv=None):
         except ImportError:
             print("PyTorch is not installed (pip install -e '.[torch]'): JAX rows only", file=sys.stderr)
             have_torch = False
+    compiled_ok = have_torch and not args.no_compile and not args.smoke
+    if have_torch and not compiled_ok:
+        compile_note = "not run (--no-compile or --smoke)"
     bf16 = args.precision == "bf16"
     rep = max(1, args.repeats)
     min_s = 0.01 if args.smoke else 0.05
     out_rows = []
 
     def add(kind, what, stats, **extra):
+        best, b = best_of(stats)
         j, c, k = stats.get("jax"), stats.get("torch_careful"), stats.get("torch_course")
-        r = {"kind": kind, "what": what, "repeats": rep, "jax": j, "torch_careful": c, "torch_course": k,
-             "ratio_careful": harness.ratio(j, c), "ratio_course": harness.ratio(j, k), "lead": harness.lead(j, c),
-             **extra}
+        r = {"kind": kind, "what": what, "repeats": rep, **stats, "best_torch": best,
+             "ratio_best": harness.ratio(j, b), "lead": harness.lead(j, b),
+             "ratio_careful": harness.ratio(j, c), "ratio_course": harness.ratio(j, k), **extra}
+        if compile_note and "torch_compiled" not in stats:
+            r["torch_compiled_note"] = compile_note
         out_rows.append(r)
-        print(f"{kind:6} {what:36} jax {harness.fmt_stats(j):>26}  careful {harness.fmt_stats(c):>26}  "
-              f"course {harness.fmt_stats(k):>26}  lead {r['lead']}", flush=True)
+        print(f"{kind:6} {what:44} jax {harness.fmt_stats(j):>26}  best torch ({best}) {harness.fmt_stats(b):>26}  "
+              f"÷ {r['ratio_best'] or 0:.2f}  lead {r['lead']}", flush=True)
+        return r
 
-    for e, h, V in models:
-        for B, T in shapes:
-            jv, comp = R.jax_train(e, h, V, B, T, precision=args.precision)
-            variants = {"jax": jv}
-            if have_torch:
-                variants["torch_careful"] = R.torch_train(e, h, V, B, T, device=args.device, bf16=bf16)
-                if not bf16:
+    def torch_variants(make, **kw):
+        """{name: variant} for the careful, folded and compiled PyTorch, compile time reported apart."""
+        out, comp = {}, {}
+        if not have_torch:
+            return out, comp
+        out["torch_careful"] = make(careful=True, **kw)
+        out["torch_folded"] = make(careful=True, folded=True, **kw)
+        if compiled_ok:
+            nonlocal compile_note
+            try:
+                v = make(careful=True, folded=True, compiled=True, **kw)
+                t = time.perf_counter()
+                v[1](v[0]())  # the compilation
+                comp["torch_compile_s"] = round(time.perf_counter() - t, 2)
+                out["torch_compiled"] = v
+            except Exception as e:  # noqa: BLE001  the row says why instead of failing the run
+                compile_note = f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        return out, comp
+
+    if "train" in kinds:
+        for e, h, V in models:
+            for B, T in shapes:
+                jv, comp = R.jax_train(e, h, V, B, T, precision=args.precision)
+                variants = {"jax": jv}
+                if not args.smoke:
+                    variants["jax_nofold"] = R.jax_train(e, h, V, B, T, precision=args.precision, fold=False)[0]
+                tv, tcomp = torch_variants(lambda **kw: R.torch_train(e, h, V, B, T, device=args.device, bf16=bf16,
+                                                                      **kw))
+                variants.update(tv)
+                if have_torch and not bf16:
                     variants["torch_course"] = R.torch_train(e, h, V, B, T, device=args.device, careful=False)
-            add("train", f"({e},{h}) V={V} {B}x{T}", harness.interleaved(variants, work=B * T, repeats=rep,
-                                                                        min_seconds=min_s), compile_s=comp)
+                add("train", f"({e},{h}) V={V} {B}x{T}", harness.interleaved(variants, work=B * T, repeats=rep,
+                                                                            min_seconds=min_s), compile_s=comp, **tcomp)
 
-    from seqgen_jax.data import Brackets
+    if "epoch" in kinds:
+        from seqgen_jax.data import Brackets
 
-    n_str = 300 if args.smoke else 15_000 if args.quick else 150_000
-    strings = Brackets().strings(n_str, 0)
-    ee, eh = epoch_size
-    n_ep = 1 + (2 if args.smoke else rep)  # the first epoch compiles
-    for budget in (10_000, 60_000):
-        times, comp, split, prep = R.jax_epoch(strings, ee, eh, budget, precision=args.precision, epochs=n_ep,
-                                         max_buckets=3 if args.smoke else 12)
-        stats = {"jax": harness.summary([split.n_tokens / t for t in times[1:]])}
-        if have_torch:
-            for variant, careful in (("torch_careful", True), ("torch_course", False)):
-                if bf16 and not careful:
-                    continue
-                tt = R.torch_epoch(split, strings, ee, eh, device=args.device, careful=careful, bf16=bf16,
-                                   epochs=n_ep)
-                stats[variant] = harness.summary([split.n_tokens / t for t in tt[1:]])
-        add("epoch", f"brackets {n_str} ({ee},{eh}) max {budget}", stats, compile_s=comp,
-            epoch_s=split.n_tokens / stats["jax"]["median"], prep_s=round(prep, 3))
+        n_str = 300 if args.smoke else 15_000 if args.quick else 150_000
+        strings = Brackets().strings(n_str, 0)
+        ee, eh = epoch_size
+        for budget in (10_000, 60_000):
+            variants, extra = {}, {"compile_s": {}, "prep_s": {}}
+            tokens = None
+            for feed in ("bucket", "packed"):
+                v, comp, prep, tokens = R.jax_epoch(strings, ee, eh, budget, feed=feed, precision=args.precision,
+                                                    max_buckets=3 if args.smoke else 12)
+                variants[f"jax_{feed}"] = v
+                extra["compile_s"][feed], extra["prep_s"][feed] = round(comp, 3), round(prep, 3)
+            split = R.bucket_split(strings, budget, 3 if args.smoke else 12)
+            tv, tcomp = torch_variants(lambda **kw: R.torch_epoch(split, strings, ee, eh, device=args.device,
+                                                                  bf16=bf16, **kw))
+            variants.update(tv)
+            if have_torch and not bf16 and not args.quick:
+                variants["torch_course"] = R.torch_epoch(split, strings, ee, eh, device=args.device, careful=False)
+            stats = harness.interleaved(variants, work=tokens, repeats=rep, min_seconds=0.0)
+            best_feed = max(("jax_bucket", "jax_packed"), key=lambda k: stats[k]["median"])
+            stats["jax"] = stats[best_feed]
+            r = add("epoch", f"brackets {n_str} ({ee},{eh}) max {budget}", stats, best_feed=best_feed[4:],
+                    tokens=tokens, packed_over_bucket=harness.ratio(stats["jax_packed"], stats["jax_bucket"]),
+                    **extra, **tcomp)
+            for feed in ("bucket", "packed"):
+                b = r.get("best_torch")
+                r[f"ratio_best_{feed}"] = harness.ratio(stats[f"jax_{feed}"], stats.get(b) if b else None)
+                r[f"lead_{feed}"] = harness.lead(stats[f"jax_{feed}"], stats.get(b) if b else None)
 
-    course_len = sample_len // 4 if (args.quick or args.smoke) else sample_len
-    for n in sample_ns:
-        for e, h, V in ((ee, eh, 6),) if args.smoke else ((300, 300, 6), (32, 16, 6)):
-            variants = {"jax": R.jax_sample(e, h, V, n, sample_len)}
-            if have_torch:
-                variants["torch_careful"] = R.torch_sample(e, h, V, n, sample_len, device=args.device)
-            stats = harness.interleaved(variants, work=n * sample_len, repeats=rep, min_seconds=min_s)
-            if have_torch:  # the re-run loop is slow: timed apart, fewer rounds
-                stats.update(harness.interleaved(
-                    {"torch_course": R.torch_sample(e, h, V, n, course_len, device=args.device, careful=False)},
-                    work=n * course_len, repeats=max(1, rep // 2), min_seconds=0.0, warmup=0))
-            add("sample", f"({e},{h}) {n}x{sample_len} (re-run {n}x{course_len})", stats)
+    if "sample" in kinds:
+        course_len = sample_len // 4 if (args.quick or args.smoke) else sample_len
+        ee, eh = epoch_size
+        for n in sample_ns:
+            for e, h, V in ((ee, eh, 6),) if args.smoke else ((300, 300, 6), (32, 16, 6)):
+                variants = {"jax": R.jax_sample(e, h, V, n, sample_len)}
+                tv, tcomp = torch_variants(lambda **kw: R.torch_sample(e, h, V, n, sample_len, device=args.device,
+                                                                       **kw))
+                variants.update(tv)
+                stats = harness.interleaved(variants, work=n * sample_len, repeats=rep, min_seconds=min_s)
+                if have_torch:  # the re-run loop is slow: timed apart, fewer rounds
+                    stats.update(harness.interleaved(
+                        {"torch_course": R.torch_sample(e, h, V, n, course_len, device=args.device, careful=False)},
+                        work=n * course_len, repeats=max(1, rep // 2), min_seconds=0.0, warmup=0))
+                add("sample", f"({e},{h}) {n}x{sample_len} (re-run {n}x{course_len})", stats, **tcomp)
 
-    ratios = [r["ratio_careful"] for r in out_rows if r["ratio_careful"]]
+    ratios = [r["ratio_best"] for r in out_rows if r["ratio_best"]]
+    train_ratios = [r["ratio_best"] for r in out_rows if r["ratio_best"] and r["kind"] == "train"]
     dev = jax.devices()[0]
     meta = {"date": datetime.date.today().isoformat(), "device": getattr(dev, "device_kind", str(dev)),
             "backend": jax.default_backend(), "jax": jax.__version__, "precision": args.precision,
             "quick": args.quick, "smoke": args.smoke, "repeats": rep, "python": platform.python_version(),
-            "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+            "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "command": "python benchmarks/throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "commit": commit(), "torch_compiled": compile_note or "run"}
     if have_torch:
         import torch
 
         meta["torch"] = torch.__version__
-    meta["geomean_ratio_careful"] = float(np.exp(np.mean(np.log(ratios)))) if ratios else None
+    geo = lambda xs: float(np.exp(np.mean(np.log(xs)))) if xs else None  # noqa: E731
+    meta["geomean_ratio_best"] = geo(ratios)
+    meta["geomean_ratio_best_train"] = geo(train_ratios)
     print()
     print(f"device {meta['device']} ({meta['backend']}), jax {meta['jax']}, torch {meta.get('torch', '-')}, "
-          f"precision {args.precision}, {rep} interleaved repeats, {meta['date']}")
-    print("| kind | what | seqgen_jax tok/s median (min–max) | PyTorch careful | PyTorch course | "
-          "JAX ÷ careful | lead | JAX ÷ course |")
-    print("|---|---|---|---|---|---|---|---|")
-    g = lambda v: "-" if v is None else f"{v:.2f}"
+          f"precision {args.precision}, {rep} interleaved repeats, {meta['date']}, commit {meta['commit']}")
+    print("| kind | what | seqgen_jax tok/s median (min–max) | best PyTorch (variant) | ÷ best | lead | "
+          "PyTorch careful | ÷ careful | fold off |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    g = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     for r in out_rows:
         ld = {True: "yes", False: "no", None: "-"}[r["lead"]]
-        print(f"| {r['kind']} | {r['what']} | {harness.fmt_stats(r['jax'])} | {harness.fmt_stats(r['torch_careful'])} | "
-              f"{harness.fmt_stats(r['torch_course'])} | {g(r['ratio_careful'])} | {ld} | {g(r['ratio_course'])} |")
-    if meta["geomean_ratio_careful"]:
-        print(f"geometric mean JAX ÷ careful PyTorch (medians): {meta['geomean_ratio_careful']:.2f}; "
-              f"leads that survive the spread: {sum(bool(r['lead']) for r in out_rows)} of {len(out_rows)} rows")
+        b = r.get("best_torch")
+        print(f"| {r['kind']} | {r['what']} | {harness.fmt_stats(r.get('jax'))} | "
+              f"{harness.fmt_stats(r.get(b) if b else None)} ({b or '-'}) | {g(r['ratio_best'])} | {ld} | "
+              f"{harness.fmt_stats(r.get('torch_careful'))} | {g(r['ratio_careful'])} | "
+              f"{harness.fmt_stats(r.get('jax_nofold'))} |")
+    if meta["geomean_ratio_best"]:
+        print(f"geometric mean seqgen_jax ÷ best PyTorch (medians): all rows {meta['geomean_ratio_best']:.2f}, "
+              f"train rows {g(meta['geomean_ratio_best_train'])}; leads beyond the spread: "
+              f"{sum(bool(r['lead']) for r in out_rows)} of {len(out_rows)} rows")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")

@@ -7,7 +7,7 @@ from ._devices import configure_host_devices
 
 configure_host_devices()  # before anything starts JAX's CPU backend
 
-from .api import Run, config, load, train  # noqa: E402
+from .api import Run, config, load, sweep, train  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["Run", "config", "load", "train"]
+__all__ = ["Run", "config", "load", "sweep", "train"]

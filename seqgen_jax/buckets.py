@@ -231,3 +231,95 @@ class BucketedSplit:
             tot = (tot[0] + nll, tot[1] + n)
         nll, n = float(tot[0]), float(tot[1])
         return nll / max(n, 1.0) / LN2, n
+
+
+# ---------------------------------------------------------------- the bucket feed
+class BucketFeed:
+    """`--feed bucket` (feeds.py): an epoch is the split's batches in blocks of up to K steps of one
+    bucket (one static shape per block, so one compilation per bucket), the blocks in a random order.
+
+    The order of the blocks (which bucket comes when) depends on the data seed and the epoch; the rows
+    in each bucket are shuffled by the run's own seed. So the members of a sweep with other seeds take
+    the same shapes at the same step and train together as one program, each on its own order of
+    strings, exactly as each would alone."""
+
+    kind = "bucket"
+
+    def __init__(self, cfg, ds, placement, K: int, seeds: list[int] | None = None):
+        from .step import StepSpec
+
+        self.split = BucketedSplit.build(ds.train, cfg.train.max_tokens, cfg.train.max_buckets, placement,
+                                         cfg.data.chunk)
+        self.plan = self.split.plan
+        self.place, self.K, self.data_seed = placement, K, cfg.data.seed
+        self.seeds = list(seeds) if seeds is not None else [cfg.train.seed]
+        self.members = len(self.seeds)
+        self.spec = StepSpec()
+        self.steps_per_epoch = self.plan.batches_per_epoch()
+        self.tokens_per_epoch = self.split.n_tokens
+
+    def describe(self) -> str:
+        return f"bucket feed: {self.plan.describe()}; {self.K} steps per call"
+
+    def init_carry(self):
+        return None
+
+    def steps_in(self, epoch: int) -> np.ndarray:
+        return np.full(self.members, self.steps_per_epoch)
+
+    def first_step(self, epoch: int) -> np.ndarray:
+        return np.full(self.members, epoch * self.steps_per_epoch)
+
+    def _k(self, b: int) -> int:
+        return max(1, min(self.K, self._batches(b)))
+
+    def _batches(self, b: int) -> int:
+        return -(-len(self.split.members[b]) // self.plan.buckets[b].batch)
+
+    def _epoch(self, epoch: int) -> list[tuple[int, int]]:
+        """[(bucket, first batch of the block)] in the epoch's order: data seed and epoch only."""
+        blocks = [(b, j) for b in range(len(self.plan.buckets)) for j in range(0, self._batches(b), self._k(b))]
+        order = np.random.default_rng([self.data_seed, epoch, 1]).permutation(len(blocks))
+        return [blocks[i] for i in order]
+
+    def _batches_of(self, seed: int, epoch: int) -> list[np.ndarray]:
+        """Per bucket, (batches, batch) row positions in this run's shuffled order; the last batch filled
+        up with the all-padding row."""
+        rng = np.random.default_rng([seed, epoch])
+        out = []
+        for b, bk in enumerate(self.plan.buckets):
+            n_b = len(self.split.members[b])
+            perm = np.concatenate([rng.permutation(n_b), np.full((-n_b) % bk.batch, n_b)]).astype(np.int32)
+            out.append(perm.reshape(-1, bk.batch))
+        return out
+
+    def blocks(self, epoch: int, start: int = 0):
+        from .feeds import Block
+
+        per_member = [self._batches_of(s, epoch) for s in self.seeds]
+        pos = 0
+        for b, j in self._epoch(epoch):
+            kb, bk, n_b = self._k(b), self.plan.buckets[b], len(self.split.members[b])
+            n = min(kb, self._batches(b) - j)
+            if pos + n <= start:
+                pos += n
+                continue
+            live = (np.arange(kb) < n) & (pos + np.arange(kb) >= start)
+            idx = np.full((self.members, kb, bk.batch), n_b, np.int32)
+            tokens = np.zeros(self.members, np.int64)
+            for m, batches in enumerate(per_member):
+                idx[m, :n] = batches[b][j:j + n]
+                tokens[m] = sum(self.split.real_tokens(b, row) for row, alive in zip(idx[m], live) if alive)
+            xs, lv = self.place.put_block(self.place.pad_idx(idx, n_b), np.broadcast_to(live, (self.members, kb)),
+                                          members=self.members > 1)
+            yield Block(self.split.data[b], xs, lv, np.broadcast_to(live, (self.members, kb)).copy(), pos, tokens)
+            pos += n
+
+    def examples(self, state) -> list:
+        out = []
+        for b, bk in enumerate(self.plan.buckets):
+            kb = self._k(b)
+            idx = self.place.pad_idx(np.zeros((self.members, kb, bk.batch), np.int32), 0)
+            xs, lv = self.place.put_block(idx, np.zeros((self.members, kb), bool), members=self.members > 1)
+            out.append((state, self.split.data[b], xs, lv))
+        return out

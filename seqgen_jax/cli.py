@@ -58,14 +58,29 @@ def cmd_data(a) -> None:
         return
     lang = get_language(a.name)
     n = a.n if a.n is not None else (150_000 if (a.course or not a.stats) else 20_000)
+    if a.stats and a.n is None:
+        from .data.base import monte_carlo_n
+
+        n = monte_carlo_n(lang, n)  # long strings: fewer of them for the length statistics
     strings = course_strings(lang, n, a.seed) if a.course else lang.strings(n, a.seed)
     if a.stats:
         e = lang.entropy()
         lengths = [len(lang.tokens(s)) for s in strings]
         out = {"dataset": lang.spec, **e.to_json(), "mean_length": sum(lengths) / len(lengths),
                "max_length_seen": max(lengths), "n": n, "alphabet": lang.render(lang.alphabet)}
+        if a.by_length:
+            out["by_length"] = lang.by_length(a.max_len)
+            if not a.json:
+                _emit({k: v for k, v in out.items() if k != "by_length"}, False)
+                print("length  p_length      entropy_bits  exact  stderr")
+                for r in out["by_length"]:
+                    print(f"{r['length']:>6}  {r['p_length']:.6e}  {r['entropy_bits']:>12.6f}  {str(r['exact']):>5}  "
+                          f"{r['stderr']:.2g}")
+                return
         _emit(out, a.json)
         return
+    if a.by_length:
+        raise UserError("--by-length goes with --stats: seqgen data NAME --stats --by-length --max-len N")
     text = "\n".join(strings) + "\n"
     if a.out:
         from pathlib import Path
@@ -80,7 +95,7 @@ def cmd_data(a) -> None:
 
 
 def cmd_score(a) -> None:
-    from .data import get_language
+    from .data import get_language, spec_family
 
     lang = get_language(a.name)
     try:
@@ -92,7 +107,7 @@ def cmd_score(a) -> None:
     alphabet = set(lang.alphabet)
     for no, s in enumerate(lines, 1):
         bad = sorted(set(lang.tokens(s)) - alphabet)
-        if bad and a.name.split(":")[0].lower() in ("pcfg", "pfsa"):
+        if bad and spec_family(a.name) in ("pcfg", "pfsa"):
             raise UserError(f"{a.file} line {no}: symbol(s) {' '.join(map(repr, bad[:5]))} are not in the "
                             f"alphabet of {lang.spec} ({' '.join(lang.alphabet[:20])})")
     for s, lp in zip(lines, lang.log2_probs(lines)):
@@ -140,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", help="write the strings to this file instead of stdout")
     d.add_argument("--stats", action="store_true", help="entropy floor and length statistics")
     d.add_argument("--json", action="store_true")
+    d.add_argument("--by-length", action="store_true", help="with --stats: P(length) and the entropy given "
+                   "the length, per length up to --max-len")
+    d.add_argument("--max-len", type=_positive_int, default=40, help="longest length for --by-length (default 40)")
     d.add_argument("--imdb", help="IMDb archive or folder (else $SEQGEN_IMDB)")
     d.add_argument("--unit", choices=("char", "word"), default="char", help="text:PATH tokens")
     d.add_argument("--split", default="0.9,0.05,0.05", help="text:PATH train,val,test fractions")
@@ -187,6 +205,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"seqgen {args.cmd}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as Unix tools do; it is not a full disk.
+        _quiet_stdout()
+        return 0
     except IsADirectoryError as e:
         _quiet_background_threads()
         print(f"seqgen {args.cmd}: error: {e.filename} is a directory where seqgen expects a file; move it "
@@ -199,10 +221,19 @@ def main(argv=None) -> int:
         print(f"seqgen {args.cmd}: error: {e.strerror or e}{where}; free space or choose another path",
               file=sys.stderr)
         return 2
+    try:
+        sys.stdout.flush()
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        _quiet_stdout()
     return 0
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so Python's own flush at exit does not fail on the closed pipe."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

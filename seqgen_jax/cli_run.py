@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .config import SCHEDULES
+from .feeds import FEEDS
 from .lstm import NAMES
 
 
@@ -15,6 +16,27 @@ def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train an LSTM on a dataset into a run directory")
     t.add_argument("name", help="dataset spec: ndfa, brackets[:p=..], toy, pcfg:FILE, pfsa:FILE, imdb, text:PATH")
     t.add_argument("--run-dir", help="run directory (default runs/NAME)")
+    _run_settings(t)
+    g = t.add_argument_group("multi-host (JAX's own runtime)")
+    g.add_argument("--coordinator", help="host:port of process 0")
+    g.add_argument("--num-processes", type=int)
+    g.add_argument("--process-id", type=int)
+    t.set_defaults(func=cmd_train)
+
+
+def _add_sweep(sub) -> None:
+    w = sub.add_parser("sweep", help="train a grid of settings x seeds, members of one shape as one program")
+    w.add_argument("name", help="dataset spec, as for train")
+    w.add_argument("--run-dir", help="sweep directory: one run directory per member in it (default runs/sweep)")
+    w.add_argument("--seeds", type=int, default=1, help="seeds per grid cell (the --seed, +1, ...)")
+    w.add_argument("--grid", action="append", default=[], metavar="SECTION.FIELD=V1,V2,...",
+                   help="values to sweep, e.g. --grid train.lr=0.001,0.003 (repeatable: the product)")
+    _run_settings(w)
+    w.set_defaults(func=cmd_sweep)
+
+
+def _run_settings(t) -> None:
+    """The settings of a run, shared by train and sweep."""
     g = t.add_argument_group("model (defaults: the dataset's preset, see README)")
     g.add_argument("--embed", type=int)
     g.add_argument("--hidden", type=int)
@@ -41,23 +63,25 @@ def _add_train(sub) -> None:
     g.add_argument("--n-test", type=int)
     g.add_argument("--data-seed", type=int, help="synthetic data seed (0 = the course's list)")
     g.add_argument("--imdb", help="IMDb archive, folder or course pickle (else $SEQGEN_IMDB)")
-    g.add_argument("--chunk", type=int, help="train on windows of at most this many tokens (text: default 128)")
+    g.add_argument("--chunk", type=int, help="train on windows of at most this many tokens (text and packed: "
+                   "default 64)")
+    g.add_argument("--feed", choices=FEEDS, help="how an epoch is batched: auto (default), bucket (length buckets), "
+                   "packed (strings end to end, one shape), stream (text)")
+    g.add_argument("--steps-per-call", type=int, help="train steps per device program (0 = by platform)")
     g.add_argument("--unit", choices=("char", "word"), help="text:PATH / imdb tokens: characters or whitespace words")
     g.add_argument("--voc", type=int, help="keep the K most frequent tokens of the training split, the rest .unk")
     g.add_argument("--split", help="text:PATH: contiguous train,val,test fractions (default 0.9,0.05,0.05)")
     g.add_argument("--carry-state", action=argparse.BooleanOptionalAction, default=None,
                    help="text:PATH and imdb: carry the LSTM state across windows (truncated BPTT; default on)")
-    g.add_argument("--eval-every", type=int, help="text:PATH: also score val every N steps")
+    g.add_argument("--train-lengths", help="languages: train and validate only on strings of lengths A-B, e.g. 1-40")
+    g.add_argument("--test-lengths", help="languages: test strings drawn per length C-D, e.g. 41-200")
+    g.add_argument("--test-per-length", type=int, help="test strings per length with --test-lengths (default 200)")
+    g.add_argument("--eval-every", type=int, help="also score val every N steps")
     g.add_argument("--sample-every", type=int, help="print a short sample every N steps")
     g = t.add_argument_group("any setting")
     g.add_argument("--config", help="a run configuration as JSON, whole or in part: {\"model\": {\"hidden\": 64}}")
     g.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="any config field by its dotted name, e.g. --set model.hidden=300 (repeatable; wins over flags)")
-    g = t.add_argument_group("multi-host (JAX's own runtime)")
-    g.add_argument("--coordinator", help="host:port of process 0")
-    g.add_argument("--num-processes", type=int)
-    g.add_argument("--process-id", type=int)
-    t.set_defaults(func=cmd_train)
 
 
 FLAG_TO_FIELD = {
@@ -68,28 +92,30 @@ FLAG_TO_FIELD = {
     "n_train": "data.n_train", "n_val": "data.n_val", "n_test": "data.n_test", "data_seed": "data.seed",
     "imdb": "data.imdb", "chunk": "data.chunk", "voc": "data.voc", "split": "data.split",
     "carry_state": "data.carry_state", "eval_every": "train.eval_every", "sample_every": "train.sample_every",
+    "feed": "data.feed", "steps_per_call": "train.steps_per_call", "train_lengths": "data.train_lengths",
+    "test_lengths": "data.test_lengths", "test_per_length": "data.test_per_length",
 }
 
 
 def config_from_args(a):
-    from .config import parse_duration
+    """(RunConfig, the settings given) from the preset of the dataset, then --config, flags and --set
+    (later ones win), as dotted settings applied once."""
+    import os
+
+    from .config import check_types, parse_duration, parse_setting, read_config_file
+    from .data import absolute_spec
     from .presets import preset_config
 
-    from .data import absolute_spec
-
     a.name = absolute_spec(a.name)
-    if a.imdb is not None:  # a relative path must keep working from another folder
-        import os
-
-        a.imdb = os.path.abspath(os.path.expanduser(a.imdb))
-    from .config import load_config_file, parse_setting
-
     cfg = preset_config(a.name)
-    given = {}
+    given: dict = {}
     if a.config:
-        filed = load_config_file(a.config, cfg)
-        given.update({f"{sec}.{f}": v for sec in ("data", "model", "train")
-                      for f, v in vars(getattr(filed, sec)).items() if v != getattr(getattr(cfg, sec), f)})
+        filed = read_config_file(a.config)
+        named = filed.pop("data.name", None)
+        if named is not None and (not isinstance(named, str) or absolute_spec(named) != a.name):
+            raise UserError(f"--config {a.config} trains {named!r} but the command line names {a.name!r}; give one "
+                            "dataset: drop data.name from the file or name the same dataset")
+        given.update(filed)
     given.update({FLAG_TO_FIELD[k]: v for k, v in vars(a).items() if k in FLAG_TO_FIELD and v is not None})
     if a.unit is not None:
         given["data.char"] = a.unit == "char"
@@ -104,19 +130,14 @@ def config_from_args(a):
             raise UserError("--set data.name: give the dataset as the positional argument")
         given[key] = parse_setting(cfg, key, text)
     if given.get("data.imdb"):  # a relative path must keep working from another folder
-        import os
-
         given["data.imdb"] = os.path.abspath(os.path.expanduser(given["data.imdb"]))
-    return cfg.override(**given), given
+    out = cfg.override(**given)
+    check_types(out, f"--config {a.config}" if a.config else "the settings")
+    return out, given
 
 
 def cmd_train(a) -> None:
-    from .config import validate
-
     cfg, given = config_from_args(a)
-    validate(cfg)
-    run_dir = Path(a.run_dir or Path("runs") / (Path(a.name.split(":", 1)[1]).stem if ":" in a.name and
-                                                 a.name.split(":")[0] in ("text", "pcfg", "pfsa") else a.name.split(":")[0]))
     from . import parallel
 
     if a.coordinator is None and (a.num_processes is not None or a.process_id is not None):
@@ -134,32 +155,46 @@ def cmd_train(a) -> None:
     if a.num_processes is not None and not (a.num_processes >= 1 and 0 <= (a.process_id or 0) < a.num_processes):
         raise UserError(f"--process-id {a.process_id} must be in [0, --num-processes {a.num_processes})")
     try:
-        multi = parallel.maybe_initialize_distributed(a.coordinator, a.num_processes, a.process_id)
+        parallel.maybe_initialize_distributed(a.coordinator, a.num_processes, a.process_id)
     except (ValueError, RuntimeError) as e:
         raise UserError(f"cannot start the multi-host runtime with --coordinator {a.coordinator}: "
                         f"{str(e).splitlines()[0][:200]}") from None
-    from .run import RunDir
-    from .train import train
+    from .train import default_run_dir, train
 
-    if a.resume:
-        # Settings not given on the command line come from the run itself; only the length of the run
-        # (--epochs, --max-time) and where the IMDb archive is (--imdb) may change.
-        flags = {v: "--" + k.replace("_", "-") for k, v in FLAG_TO_FIELD.items()}
-        cfg = RunDir(run_dir).resume_config(cfg, given, name_of=lambda k: flags.get(k, "--set " + k))
-    if not multi:
-        from ._devices import prefer_one_device_for
-
-        prefer_one_device_for(cfg.model.hidden)  # wide layers: one device (the backend starts below)
-    rec = train(cfg, run_dir, resume=a.resume)
+    # Settings not given on the command line come from the run itself on --resume; only the length of
+    # the run (--epochs, --max-time) and where the IMDb archive is (--imdb) may change.
+    flags = {v: "--" + k.replace("_", "-") for k, v in FLAG_TO_FIELD.items()}
+    rec = train(cfg, a.run_dir, resume=a.resume, given=given, name_of=lambda k: flags.get(k, "--set " + k))
     if rec:
-        print(f"run directory: {run_dir}")
+        print(f"run directory: {a.run_dir if a.run_dir is not None else default_run_dir(cfg)}")
+
+
+def cmd_sweep(a) -> None:
+    from .config import parse_setting
+    from .sweeps import sweep
+
+    cfg, _ = config_from_args(a)
+    grid = {}
+    for item in a.grid:
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        if not eq or not text.strip():
+            raise UserError(f"--grid {item!r} must be SECTION.FIELD=V1,V2,..., e.g. --grid train.lr=0.001,0.003")
+        if key in grid:
+            raise UserError(f"--grid {key} is given twice; list all its values in one --grid")
+        grid[key] = [parse_setting(cfg, key, v) for v in text.split(",")]
+    sweep(cfg, grid, a.seeds, a.run_dir, resume=a.resume)
 
 
 def cmd_sample(a) -> None:
     from .api import load
 
+    from .sample import check_sampling_args
+
     if a.top_k is not None and a.top_k < 1:
         raise UserError(f"--top-k {a.top_k} must be >= 1 (leave it out to sample from every token)")
+    check_sampling_args(a.n, a.temperature, a.top_k or 0, a.max_len)
+    _check_seed(a.seed)
     run = load(a.run, a.checkpoint)
     rows = run.sample_records(a.n, a.temperature, a.top_k or 0, a.prompt, a.max_len, a.seed)
     for row in rows:
@@ -185,12 +220,38 @@ def _temperatures(text: str) -> tuple[float, ...]:
     return ts
 
 
+def _show(v) -> str:
+    """One value of `eval`'s figures as text: per-temperature dicts, intervals, tables, numbers."""
+    if isinstance(v, dict):
+        return "  ".join(f"T={t}: {_show(x)}" for t, x in v.items())
+    if isinstance(v, (list, tuple)):
+        if v and all(isinstance(x, dict) for x in v):
+            return f"{len(v)} rows (see --json)"
+        return "[" + ", ".join(_show(x) for x in v) + "]"
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3g}"
+    return "-" if v is None else str(v)
+
+
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed < 2 ** 32:
+        raise UserError(f"--seed {seed} must be in [0, 2^32)")
+
+
 def cmd_eval(a) -> None:
     from .api import load
 
     temps = _temperatures(a.temperatures)
+    if a.samples < 1:
+        raise UserError(f"--samples {a.samples} must be >= 1")
+    if a.max_len < 1:
+        raise UserError(f"--max-len {a.max_len} must be >= 1")
+    if isinstance(a.limit, int) and a.limit < 1:
+        raise UserError(f"--limit {a.limit} must be >= 1 (or all)")
+    _check_seed(a.seed)
     out = load(a.run, a.checkpoint).evaluate(split=a.split, samples=a.samples, temperatures=temps,
-                                            max_len=a.max_len, seed=a.seed, limit=a.limit, imdb=a.imdb)
+                                            max_len=a.max_len, seed=a.seed, limit=a.limit, imdb=a.imdb,
+                                            allow_changed_corpus=a.allow_changed_corpus, by_length=a.by_length)
     out["run"] = a.run
     if a.json:
         from .io import json_safe
@@ -198,15 +259,12 @@ def cmd_eval(a) -> None:
         print(json.dumps(json_safe(out), indent=2, allow_nan=False))
     else:
         for k, v in out.items():
-            if isinstance(v, dict):
-                v = "  ".join(f"T={t}: {x:.4f}" for t, x in v.items())
-            elif isinstance(v, float):
-                v = f"{v:.6g}"
-            print(f"{k}: {v}")
+            print(f"{k}: {_show(v)}")
 
 
 def add_commands(sub) -> None:
     _add_train(sub)
+    _add_sweep(sub)
     s = sub.add_parser("sample", help="draw samples from a trained run (restores its orbax checkpoint)")
     s.add_argument("run", help="run directory")
     s.add_argument("--checkpoint", default="latest", help="latest, best or a step number")
@@ -231,5 +289,9 @@ def add_commands(sub) -> None:
     e.add_argument("--max-len", type=int, default=1000)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--imdb", help="IMDb runs: where the archive is now (else the trained path, else $SEQGEN_IMDB)")
+    e.add_argument("--by-length", action="store_true", help="languages: the figures per string length too "
+                   "(KL gap, legal greedy predictions, valid samples) and by_length.png")
+    e.add_argument("--allow-changed-corpus", action="store_true",
+                   help="text runs: evaluate even though the corpus file changed since training")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)

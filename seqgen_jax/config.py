@@ -28,6 +28,11 @@ class DataConfig:
     chunk: int | None = None  # train on windows of at most this many tokens (long IMDb reviews; text streams)
     split: str = "0.9,0.05,0.05"  # text:PATH: contiguous train,val,test fractions of the stream
     carry_state: bool = True  # text:PATH, imdb: carry the LSTM state from one window to the next (truncated BPTT)
+    feed: str = "auto"  # auto | bucket | packed | stream: how an epoch is batched (seqgen_jax/feeds.py)
+    content_hash: str | None = None  # text:PATH: sha256 of the corpus when trained (eval/--resume check it)
+    train_lengths: str | None = None  # "A-B": train and validation strings only of these lengths (languages)
+    test_lengths: str | None = None  # "C-D": test strings drawn per length, test_per_length of each
+    test_per_length: int = 200
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class ModelConfig:
     precision: str = "fp32"  # fp32 | bf16 (bf16 matmul inputs; fp32 params, accumulation and state)
     unroll: int = 0  # lax.scan unroll factor; 0 lets lstm.resolve pick one for the platform
     backend: str = "auto"  # auto | scan | pallas | cudnn (seqgen_jax/lstm: the table and resolve)
+    fold: bool = True  # fold the embedding into the first layer's input projection (exact; off for ablations)
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class TrainConfig:
     epochs: int = 3
     max_tokens: int = 10_000  # token budget per batch, padding included
     clip: float = 5.0
+    adam_b1: float = 0.9  # Adam's first-moment decay
     adam_b2: float = 0.999  # Adam's second-moment decay (--set train.adam_b2=0.99)
     seed: int = 0
     max_time: float | None = None  # seconds; checkpoint and stop when reached
@@ -60,6 +67,7 @@ class TrainConfig:
     devices: str = "all"  # all | N: data-parallel over a 1-D mesh
     eval_every: int = 0  # text streams: also score val every N steps (0 = after each epoch only)
     sample_every: int = 0  # print a short sample every N steps (0 = never)
+    steps_per_call: int = 0  # train steps per device program (0 = by platform, feeds.AUTO_STEPS_PER_CALL)
 
 
 @dataclass(frozen=True)
@@ -139,9 +147,9 @@ def parse_setting(cfg: RunConfig, key: str, text: str) -> Any:
     raise UserError(f"--set {key}={text}: expected {f.type}")
 
 
-def load_config_file(path: str, base: RunConfig) -> RunConfig:
+def read_config_file(path: str) -> dict:
     """`--config FILE.json`: a whole run configuration or any part of one, e.g.
-    {"model": {"hidden": 64}, "train": {"lr": 0.01}}, laid over `base`."""
+    {"model": {"hidden": 64}, "train": {"lr": 0.01}}, as dotted settings {"model.hidden": 64, ...}."""
     try:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
@@ -153,17 +161,24 @@ def load_config_file(path: str, base: RunConfig) -> RunConfig:
     for section, body in d.items():
         if section == "schema_version":
             continue
-        if section not in ("data", "model", "train") or not isinstance(body, dict):
+        if section not in ("data", "model", "train"):
             raise UserError(f"--config {path}: unknown section {section!r}; use data, model and train")
+        if not isinstance(body, dict):
+            raise UserError(f"--config {path}: section {section!r} must be an object of settings, e.g. "
+                            f"{{\"{section}\": {{...}}}}, not {type(body).__name__}")
         for k, v in body.items():
             dotted[f"{section}.{k}"] = v
-    cfg = base.override(**dotted)
+    return dotted
+
+
+def check_types(cfg: RunConfig, where: str) -> None:
+    """Every field holds a value of its annotated type (a JSON file or a library call can put anything
+    there)."""
     for section in (cfg.data, cfg.model, cfg.train):
         for f in fields(section):
             v = getattr(section, f.name)
             if not _has_type(v, f.type):
-                raise UserError(f"--config {path}: {type(section).__name__}.{f.name} = {v!r} is not {f.type}")
-    return cfg
+                raise UserError(f"{where}: {type(section).__name__}.{f.name} = {v!r} is not {f.type}")
 
 
 def _has_type(v, annotation: str) -> bool:
@@ -174,44 +189,81 @@ def _has_type(v, annotation: str) -> bool:
     return any(ok.get(a.strip(), lambda x: True)(v) for a in str(annotation).split("|"))
 
 
-def validate(cfg: RunConfig) -> None:
-    """Ranges that would otherwise fail deep inside JAX, as one clear message each."""
-    m, t = cfg.model, cfg.train
+def validate(cfg: RunConfig, where: str = "the configuration") -> None:
+    """Every field checked once, whatever route it came by (flags, --set, --config, a library call):
+    types, then ranges that would otherwise fail deep inside JAX or orbax, each as one clear line."""
+    check_types(cfg, where)
+    d, m, t = cfg.data, cfg.model, cfg.train
     checks = [
         (t.lr > 0, f"--lr {t.lr} must be > 0"),
         (t.clip > 0, f"--clip {t.clip} must be > 0"),
         (0 <= t.adam_b2 < 1, f"train.adam_b2 {t.adam_b2} must be in [0, 1), e.g. 0.999 (optax's default)"),
+        (0 <= t.adam_b1 < 1, f"train.adam_b1 {t.adam_b1} must be in [0, 1), e.g. 0.9 (optax's default)"),
         (t.epochs >= 1, f"--epochs {t.epochs} must be >= 1"),
         (t.max_tokens >= 3, f"--max-tokens {t.max_tokens} must be >= 3 (a 1-symbol string with its "
                             "start and end markers)"),
         (m.embed >= 1 and m.hidden >= 1 and m.layers >= 1, "--embed, --hidden and --layers must be >= 1"),
         (0.0 <= m.dropout < 1.0, f"--dropout {m.dropout} must be in [0, 1)"),
         (m.precision in ("fp32", "bf16"), f"--precision {m.precision!r} must be fp32 or bf16"),
+        (m.unroll >= 0, f"--unroll {m.unroll} must be >= 0 (0 lets the backend choose)"),
         (t.schedule in SCHEDULES, f"--schedule {t.schedule!r} must be one of {', '.join(SCHEDULES)}"),
-        (t.max_time is None or t.max_time > 0, "--max-time must be positive"),
-        (cfg.data.n_train >= 1, f"--n-train {cfg.data.n_train} must be >= 1"),
-        (cfg.data.n_val >= 1, f"--n-val {cfg.data.n_val} must be >= 1"),
-        (cfg.data.n_test >= 1, f"--n-test {cfg.data.n_test} must be >= 1 (eval scores the test split)"),
+        (t.max_time is None or (t.max_time > 0 and math.isfinite(t.max_time)), "--max-time must be positive"),
+        (t.warmup_steps >= 0, f"train.warmup_steps {t.warmup_steps} must be >= 0"),
+        (d.n_train >= 1, f"--n-train {d.n_train} must be >= 1"),
+        (d.n_val >= 1, f"--n-val {d.n_val} must be >= 1"),
+        (d.n_test >= 1, f"--n-test {d.n_test} must be >= 1 (eval scores the test split)"),
         (t.log_every >= 1, f"--log-every {t.log_every} must be >= 1"),
+        (t.keep >= 1, f"train.keep {t.keep} must be >= 1 (the latest checkpoints kept; 0 would delete each one "
+                      "as it is written)"),
+        (t.max_buckets >= 1, f"train.max_buckets {t.max_buckets} must be >= 1"),
+        (t.eval_samples >= 1, f"train.eval_samples {t.eval_samples} must be >= 1 (samples per epoch for the "
+                              "valid rates)"),
+        (t.steps_per_call >= 0, f"train.steps_per_call {t.steps_per_call} must be >= 0 (0 = by platform)"),
+        (t.devices == "all" or (t.devices.isdigit() and int(t.devices) >= 1),
+         f"--devices {t.devices!r} must be 'all' or a number >= 1"),
         (0 <= t.seed < 2 ** 32, f"--seed {t.seed} must be in [0, 2^32)"),
-        (0 <= cfg.data.seed < 2 ** 32 - 2, f"--data-seed {cfg.data.seed} must be in [0, 2^32 - 2)"),
+        (0 <= d.seed < 2 ** 32 - 2, f"--data-seed {d.seed} must be in [0, 2^32 - 2)"),
         (math.isfinite(t.lr) and math.isfinite(t.clip), "--lr and --clip must be finite numbers"),
         (m.embed <= 1 << 20 and m.hidden <= 1 << 20 and m.layers <= 64,
          "--embed and --hidden must be <= 1,048,576 and --layers <= 64"),
-        (cfg.data.chunk is None or cfg.data.chunk >= 2, "--chunk must be >= 2"),
-        (cfg.data.voc is None or cfg.data.voc >= 1, f"--voc {cfg.data.voc} must be >= 1"),
+        (d.chunk is None or d.chunk >= 2, "--chunk must be >= 2"),
+        (d.voc is None or d.voc >= 1, f"--voc {d.voc} must be >= 1"),
         (t.eval_every >= 0 and t.sample_every >= 0, "--eval-every and --sample-every must be >= 0 (0 = off)"),
+        (d.chunk is None or t.max_tokens >= d.chunk,
+         f"--max-tokens {t.max_tokens} is below --chunk {d.chunk}: a batch holds at least one window; raise "
+         f"--max-tokens to {d.chunk} or more, or lower --chunk"),
     ]
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
-    if cfg.data.name.split(":")[0].lower() == "text":
+    for flag, text in (("--train-lengths", d.train_lengths), ("--test-lengths", d.test_lengths)):
+        if text is not None:
+            parse_lengths(text, flag)
+    if d.test_per_length < 1:
+        raise UserError(f"--test-per-length {d.test_per_length} must be >= 1")
+    from .data.spec import dataset_kind
+    from .feeds import resolve_feed
+
+    if dataset_kind(d.name) == "text":
         from .data.text import parse_split
 
-        parse_split(cfg.data.split)
+        parse_split(d.split)
+    resolve_feed(d.feed, dataset_kind(d.name), carry_state=d.carry_state, platform="cpu")
     from .lstm import check_name
 
     check_name(m.backend)
+
+
+def parse_lengths(text: str, flag: str = "--train-lengths") -> tuple[int, int]:
+    """'1-40' -> (1, 40): a range of string lengths (symbols, the end marker not counted)."""
+    lo, sep, hi = str(text).partition("-")
+    try:
+        a, b = int(lo), int(hi)
+    except ValueError:
+        a = b = -1
+    if not sep or a < 0 or b < a:
+        raise UserError(f"{flag} {text!r} must be a range A-B of lengths with 0 <= A <= B, e.g. 1-40")
+    return a, b
 
 
 def parse_duration(text: str) -> float:

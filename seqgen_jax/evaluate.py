@@ -207,6 +207,7 @@ def synthetic_sample_metrics(scorer, ds, *, n, temperatures, seed, max_len, trai
         if float(t) == 1.0:
             texts_t1, ended_t1, lengths_t1, st_t1 = texts, ended, lengths, st
     if texts_t1 is not None:
+        out["_samples_t1"] = (texts_t1, st_t1["valid"], ended_t1)  # for the by-length table; not reported
         pmf, _ = lang.length_pmf(max_len)
         capped = np.where(ended_t1, np.minimum(lengths_t1, max_len), max_len)
         emp = np.bincount(capped, minlength=max_len + 1)[: max_len + 1] / len(texts_t1)
@@ -262,7 +263,7 @@ def evaluate_stream(params, cfg: RunConfig, ds: Dataset, *, split: str = "test",
 
 def evaluate_scorer(scorer, ds: Dataset, *, split: str = "test", limit: int | None = None,
                     samples: int = 1000, temperatures=(0.0, 0.5, 1.0), max_len: int = 1000, seed: int = 0,
-                    run=None) -> dict:
+                    run=None, by_length: bool = False) -> dict:
     # A random subset (stratified by label where there are labels), never the front of a sorted list.
     seqs = ds.split(split).take(ds.subset(split, limit, seed))
     log2p, preds = scorer.score(seqs)
@@ -281,14 +282,21 @@ def evaluate_scorer(scorer, ds: Dataset, *, split: str = "test", limit: int | No
                     "best_ngram_order": info["best_ngram_order"]})
         ok = total = 0
         i2w = ds.vocab.i2w
+        all_legal = np.zeros(len(seqs), bool)
         for j in range(len(seqs)):
             s = ds.vocab.decode(seqs[j])
-            for (allowed, can_end), p in zip(lang.prefix_table(s), preds[j]):
-                total += 1
-                ok += bool((p == END_ID and can_end) or (p >= 4 and i2w[p] in allowed))
+            good = [bool((p == END_ID and can_end) or (p >= 4 and i2w[p] in allowed))
+                    for (allowed, can_end), p in zip(lang.prefix_table(s), preds[j])]
+            total += len(good)
+            ok += sum(good)
+            all_legal[j] = all(good)
         out["prefix_valid_rate"] = ok / max(total, 1)
-        out.update(synthetic_sample_metrics(scorer, ds, n=samples, temperatures=temperatures, seed=seed,
+        temps = tuple(temperatures) + ((1.0,) if by_length and 1.0 not in map(float, temperatures) else ())
+        out.update(synthetic_sample_metrics(scorer, ds, n=samples, temperatures=temps, seed=seed,
                                             max_len=max_len, train_set=set(ds.train_strings or ())))
+        t1 = out.pop("_samples_t1", None)
+        if by_length:
+            out["by_length"] = length_table_of(lang, seqs, log2p, all_legal, t1)
     else:
         out["bits_per_char"] = ce  # the end marker counts as one character, like the n-gram's '|'
         stats = {"repetition_rate": {}, "distinct_4": {}, "mean_sample_length": {}, "ended_rate": {}}
@@ -308,17 +316,83 @@ def evaluate_scorer(scorer, ds: Dataset, *, split: str = "test", limit: int | No
     return out
 
 
+def length_table_of(lang, seqs: Ragged, log2p: np.ndarray, all_legal: np.ndarray, samples_t1) -> list[dict]:
+    """The evaluation split by string length: per length, the model's bits (summed over the strings,
+    end marker included, so the rows decompose the split's cross-entropy), the true conditional
+    entropy H(S | |S| = n) and the per-length KL gap E[log p(s)/q(s) | n], per string and per token,
+    the share of strings whose every greedy next symbol is legal, and the valid rate of the model's
+    T = 1 samples of that length."""
+    lengths = seqs.lengths
+    top = int(lengths.max()) if len(lengths) else 0
+    truth = {r["length"]: r for r in lang.by_length(top)}
+    texts, valid, ended = samples_t1 if samples_t1 is not None else ([], [], [])
+    s_len: dict[int, list[bool]] = {}
+    for x, v, e in zip(texts, valid, ended):
+        if e:
+            s_len.setdefault(len(lang.tokens(x)), []).append(bool(v))
+    rows = []
+    for n in sorted(set(lengths.tolist())):
+        sel = lengths == n
+        k = int(sel.sum())
+        bits = float(-log2p[sel].sum())
+        t = truth.get(n)
+        row = {"length": n, "n_strings": k, "n_tokens": k * (n + 1), "model_bits": bits}
+        if t is not None and t["p_length"] > 0:
+            true_per_string = t["entropy_bits"] - math.log2(t["p_length"])  # E[-log2 p(s) | n]
+            kl = bits / k - true_per_string
+            row.update({"p_length": t["p_length"], "entropy_bits": t["entropy_bits"], "entropy_exact": t["exact"],
+                        "entropy_stderr": t["stderr"], "kl_bits_per_string": kl, "kl_bits_per_token": kl / (n + 1)})
+        else:
+            row.update({"p_length": 0.0, "entropy_bits": None, "kl_bits_per_string": None, "kl_bits_per_token": None})
+        drawn = s_len.get(n, [])
+        row.update({"greedy_legal_rate": float(all_legal[sel].mean()),
+                    "n_samples": len(drawn), "sample_valid_rate": float(np.mean(drawn)) if drawn else None})
+        rows.append(row)
+    return rows
+
+
+def plot_by_length(rows: list[dict], path, train_lengths: tuple[int, int] | None = None) -> None:
+    """The per-length KL gap against length, the training lengths shaded (by_length.png)."""
+    from .plots import _save, plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    ok = [r for r in rows if r.get("kl_bits_per_token") is not None]
+    a1.plot([r["length"] for r in ok], [r["kl_bits_per_token"] for r in ok], "o-", ms=3)
+    a1.axhline(0, color="k", lw=0.8)
+    a1.set(xlabel="string length (symbols)", ylabel="KL gap (bits/token)", title="Gap to the true distribution by length")
+    a2.plot([r["length"] for r in rows], [r["greedy_legal_rate"] for r in rows], "o-", ms=3, label="greedy next symbol legal")
+    sv = [r for r in rows if r.get("sample_valid_rate") is not None]
+    a2.plot([r["length"] for r in sv], [r["sample_valid_rate"] for r in sv], "s", ms=3, label="samples valid (T=1)")
+    a2.set(xlabel="string length (symbols)", ylabel="share", ylim=(-0.02, 1.02), title="Legal predictions and valid samples")
+    a2.legend(fontsize=8)
+    for ax in (a1, a2):
+        if train_lengths:
+            ax.axvspan(train_lengths[0], train_lengths[1], color="g", alpha=0.12, label="training lengths")
+    _save(fig, path)
+
+
 # ---------------------------------------------------------------- per-epoch evaluation during training
 class EpochEvaluator:
     """Called after each epoch: KL on the validation split, valid rates at T = 0 and 1, and the
-    course's ten samples per temperature, scored, in samples/epoch-N.jsonl."""
+    course's ten samples per temperature, scored, in samples/epoch-N.jsonl (for a text corpus, a few
+    samples of up to 300 tokens, primed as `seqgen sample` primes them)."""
 
-    def __init__(self, cfg: RunConfig, ds: Dataset, run):
-        """run: the `run.RunDir` to write truth and samples into (None on non-primary processes)."""
-        self.cfg, self.ds, self.run = cfg, ds, run
-        self.info = truth_info(ds, "val", run) if ds.language is not None else {}
+    def __init__(self, cfg: RunConfig, ds: Dataset, run, *, framed: bool = True, info: dict | None = None):
+        """run: the `run.RunDir` to write truth and samples into (None on non-primary processes).
+        framed: the model was trained on strings framed by `.start`/`.end` (not a raw text stream).
+        info: the validation split's truth when already computed (a sweep's members share it)."""
+        self.cfg, self.ds, self.run, self.framed = cfg, ds, run, framed
+        if info is None:
+            info = truth_info(ds, "val", run) if ds.language is not None else {}
+        self.info = info
         if run is not None:
             atomic_write_json(run.truth_path(), self.info)
+
+    def sample_texts(self, params, n: int, temperature: float, seed: int, max_len: int) -> list[str]:
+        key = jax.random.fold_in(jax.random.key(seed), int(round(temperature * 1000)))
+        s = sample(params, self.cfg.model, self.ds.vocab, n=n, key=key, temperature=temperature, max_len=max_len,
+                   unk_seen=self.cfg.data.voc is not None, stream=not self.framed)
+        return s.texts(self.ds.vocab)
 
     def __call__(self, params, epoch: int, val_ce: float) -> dict:
         ds, cfg = self.ds, self.cfg
@@ -336,6 +410,9 @@ class EpochEvaluator:
                 for x, e, v in list(zip(texts, ended, valid))[:10]:
                     lp = ds.language.log2_prob(x) if v else None
                     rows.append({"temperature": t, "text": x, "ended": bool(e), "valid": v, "log2_prob": lp})
+        elif not self.framed:
+            for t, n in ((0.0, 1), (1.0, 4)):
+                rows += [{"temperature": t, "text": x} for x in self.sample_texts(params, n, t, epoch, 300)]
         else:
             scorer = LSTMScorer(params, cfg, ds.vocab)
             for t in (0.0, 1.0):

@@ -7,10 +7,26 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _honour_umask(fd: int) -> None:
+    """mkstemp creates files 0600; a run directory on a shared cluster must be readable as the user's
+    umask says, like every other file written there."""
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    except OSError:
+        pass
+
+
 def atomic_write_text(path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _honour_umask(fd)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -32,6 +48,7 @@ def atomic_write_bytes_via(path, writer) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
+    _honour_umask(fd)
     os.close(fd)
     try:
         writer(tmp)

@@ -31,12 +31,14 @@ def _dot(x, w, dtype):
 
 
 def lstm_layer_tm(p: dict, gx: jax.Array, h0: jax.Array, c0: jax.Array, *, unroll: int = 1,
-                  dtype=jnp.float32, backend: str = "scan", lengths=None):
+                  dtype=jnp.float32, backend: str = "scan", lengths=None, resets=None):
     """The recurrence of one layer, time-major: gx (T, B, 4H) = x @ w_ih + b -> hs (T, B, H), (h_T, c_T).
 
-    With `lengths`, h_T and c_T are each row's state after its last real step."""
+    With `lengths`, h_T and c_T are each row's state after its last real step; with `resets` (T, B),
+    the state is zeroed before the steps it marks."""
     rec = lstm.BACKENDS[backend].recurrence
-    hs, cT = rec(gx, p["w_hh"], h0, c0, lengths, unroll=unroll, dtype=dtype)
+    extra = {} if resets is None else {"resets": resets}
+    hs, cT = rec(gx, p["w_hh"], h0, c0, lengths, unroll=unroll, dtype=dtype, **extra)
     hT = hs[-1]
     return hs, (hT, cT)
 
@@ -92,7 +94,7 @@ def _dropout(x, rate, key):
 
 
 def apply_tm(params: Params, tokens: jax.Array, state: LSTMState | None = None, *, cfg: ModelConfig,
-             dropout_key: jax.Array | None = None):
+             dropout_key: jax.Array | None = None, resets: jax.Array | None = None):
     """The model, time-major: tokens (T, B) int -> logits (T, B, V) float32, final LSTMState.
 
     Time-major end to end, so no (B, T, ...) <-> (T, B, ...) transposes of activations happen around
@@ -100,17 +102,19 @@ def apply_tm(params: Params, tokens: jax.Array, state: LSTMState | None = None, 
     the embedding: gx = (E @ W_ih + b)[tokens], a (V, 4H) table instead of a (T*B, E) x (E, 4H)
     matmul (and its two gradient matmuls), whenever V <= T*B.
     Dropout (when `dropout_key` is given and cfg.dropout > 0) drops the non-recurrent connections:
-    the embedding output, between layers, and before the output layer (Zaremba et al., 2014)."""
+    the embedding output, between layers, and before the output layer (Zaremba et al., 2014).
+    `resets` (T, B) bool zeroes every layer's state before the marked steps (strings packed end to
+    end, each starting afresh at its `.start`); only the scan backend supports it."""
     dtype = jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
     T, B = tokens.shape
     run = lstm.resolve(cfg.backend, precision=cfg.precision, unroll=cfg.unroll, dropout=cfg.dropout,
-                       hidden=cfg.hidden, steps=T)
+                       hidden=cfg.hidden, steps=T, resets=resets is not None)
     if state is None:
         state = zero_state(cfg, B)
     drop = dropout_key is not None and cfg.dropout > 0
     keys = jax.random.split(dropout_key, cfg.layers + 1) if drop else [None] * (cfg.layers + 1)
     V = params["embed"].shape[0]
-    fold = not drop and run.backend.recurrence is not None and V <= T * B
+    fold = cfg.fold and not drop and run.backend.recurrence is not None and V <= T * B
     x = None if fold else _embed(params["embed"], tokens)  # (T, B, E)
     hs, cs = [], []
     for l, p in enumerate(params["layers"]):
@@ -124,7 +128,7 @@ def apply_tm(params: Params, tokens: jax.Array, state: LSTMState | None = None, 
             else:
                 gx = _dot(x, p["w_ih"], dtype) + p["b"]  # (T, B, 4H)
             x, (h, c) = lstm_layer_tm(p, gx, state.h[l], state.c[l], unroll=run.unroll, dtype=dtype,
-                                      backend=run.backend.name)
+                                      backend=run.backend.name, resets=resets)
         hs.append(h)
         cs.append(c)
     if drop:

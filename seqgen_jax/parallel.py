@@ -24,7 +24,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from .errors import UserError
-from .step import apply_grads, dropout_key, local_grads, masked_nll, step_fn
+from .step import StepSpec, apply_grads, block_fn, dropout_key, local_grads, masked_nll, step_fn
 
 
 def maybe_initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
@@ -74,6 +74,8 @@ class Placement:
                               and all(d.platform == "cpu" for d in self.devices))
         self._replicated = NamedSharding(self.mesh, P())
         self._batch = NamedSharding(self.mesh, P("data"))
+        self._carry = NamedSharding(self.mesh, P(None, "data"))
+        self._block = NamedSharding(self.mesh, P(None, "data"))
 
     @classmethod
     def for_devices(cls, devices: str | int = "all") -> "Placement":
@@ -87,28 +89,84 @@ class Placement:
             return jax.sharding.SingleDeviceSharding(self.devices[0])
         return self._replicated
 
-    def put_state(self, state):
-        return jax.device_put(state, self.state_sharding)
+    def put_state(self, state, members: int = 1):
+        """The train state placed; a carried LSTM state ("carry", (L, B, H) pairs) is split over the
+        mesh by rows, as the stream rows it continues. A sweep's stacked state (`members` > 1, member
+        axis first) is split over the mesh by members."""
+        if members > 1:
+            return jax.device_put(state, self.member_sharding(members))
+        rest = jax.device_put({k: v for k, v in state.items() if k != "carry"}, self.state_sharding)
+        if "carry" in state:
+            rest["carry"] = self.put_carry(state["carry"])
+        return rest
+
+    def member_sharding(self, members: int):
+        """A sweep's member axis over the mesh when the members divide evenly (no member ever talks to
+        another, so the program has no collectives), else everything on the first device."""
+        if self.n_devices > 1 and members % self.n_devices == 0:
+            return self._batch
+        return jax.sharding.SingleDeviceSharding(self.devices[0])
+
+    def put_carry(self, carry, members: int = 1):
+        if members > 1:
+            return tuple(_put(np.asarray(c), self.member_sharding(members)) for c in carry)
+        return tuple(_put(np.asarray(c), self._carry) for c in carry)
 
     def put_rows(self, rows: np.ndarray) -> jax.Array:
         """A bucket's padded row matrix, on every device (each gathers its own rows from it)."""
         return _put(rows, self._replicated)
 
-    def put_idx(self, idx: np.ndarray, pad_row: int):
-        """A batch's row positions, filled up with `pad_row` (an all-padding row, which adds nothing
-        to the loss or the gradient) to a multiple of the device count, then placed: a host array for
-        `HostParallelStep`, which splits it, else sharded over the mesh."""
-        fill = (-len(idx)) % self.n_devices
+    def put_streams(self, mat: np.ndarray, members: bool = False) -> jax.Array:
+        """A (B, cols) stream matrix, its rows split over the mesh (B is a multiple of the devices); a
+        sweep's (M, B, cols) member matrices split by members."""
+        mat = np.ascontiguousarray(mat)
+        return _put(mat, self.member_sharding(mat.shape[0]) if members else self._batch)
+
+    def pad_idx(self, idx: np.ndarray, pad_row: int) -> np.ndarray:
+        """Row positions filled up with `pad_row` (an all-padding row, which adds nothing to the loss or
+        the gradient) to a multiple of the device count (the last axis)."""
+        fill = (-idx.shape[-1]) % self.n_devices
         if fill:
-            idx = np.concatenate([idx, np.full(fill, pad_row, idx.dtype)])
+            idx = np.concatenate([idx, np.full(idx.shape[:-1] + (fill,), pad_row, idx.dtype)], axis=-1)
+        return idx
+
+    def put_idx(self, idx: np.ndarray, pad_row: int):
+        """One batch's row positions, filled up (`pad_idx`) and placed: a host array for
+        `HostParallelStep`, which splits it, else sharded over the mesh."""
+        idx = self.pad_idx(idx, pad_row)
         return idx if self.host_parallel else _put(idx, self._batch)
 
-    def train_step(self, cfg, tx):
-        """step(state, data (N+1, L+1) int32, idx) -> (state, {"loss", "grad_norm"}), one compilation
-        per bucket shape, the state donated."""
+    def put_block(self, xs: np.ndarray, live: np.ndarray, members: bool = False):
+        """A block's per-step inputs (M, K, ...) and live flags (M, K), member axis first. One run
+        (`members` False): (K, ...) bucket indices sharded over the mesh by rows, window starts
+        replicated (host arrays for the host-driven steps). A sweep: split over the mesh by members."""
+        if members:
+            sh = self.member_sharding(xs.shape[0])
+            return _put(np.ascontiguousarray(xs), sh), _put(np.ascontiguousarray(live), sh)
+        xs, live = np.ascontiguousarray(xs[0]), np.ascontiguousarray(live[0])
         if self.host_parallel:
-            return HostParallelStep(cfg, tx, self.devices)
-        return jax.jit(step_fn(cfg, tx), donate_argnums=(0,))
+            return xs, live
+        xs_s = self._block if xs.ndim == 2 else self._replicated
+        return _put(xs, xs_s), _put(live, self._replicated)
+
+    def train_step(self, cfg, tx, spec: StepSpec = StepSpec()):
+        """step(state, data, x) -> (state, {"loss", "grad_norm"}), one compilation per shape, the state
+        donated (see `step.step_fn` for data and x)."""
+        if self.host_parallel:
+            return HostParallelStep(cfg, tx, self.devices, spec, self)
+        return jax.jit(step_fn(cfg, tx, spec), donate_argnums=(0,))
+
+    def block_runner(self, cfg, tx, spec: StepSpec = StepSpec(), members: int = 1, data_per_member: bool = False):
+        """K steps per call: run(state, data, xs, live) -> (state, metrics of (K,)); `compile(...)`
+        builds every shape ahead of the first step. A sweep (`members` > 1): the block vmapped over
+        the member axis of the state, the inputs and (`data_per_member`) the data; metrics (M, K)."""
+        if members > 1:
+            fn = jax.vmap(block_fn(cfg, tx, spec, freeze_nonfinite=True),
+                          in_axes=(0, 0 if data_per_member else None, 0, 0))
+            return JitBlockRunner(jax.jit(fn, donate_argnums=(0,)))
+        if self.host_parallel:
+            return HostBlockRunner(HostParallelStep(cfg, tx, self.devices, spec, self))
+        return JitBlockRunner(jax.jit(block_fn(cfg, tx, spec), donate_argnums=(0,)))
 
     def eval_step(self, cfg):
         """(params, data, idx) -> (sum of -log p, real tokens), without dropout."""
@@ -124,6 +182,78 @@ class Placement:
         return run
 
 
+def _compile_all(jobs) -> float:
+    """Compile every (lower-able) job on threads, several at once; returns the wall seconds. XLA
+    compiles outside the GIL, so two cores compile two shapes at a time."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    t = time.perf_counter()
+    if jobs:
+        workers = max(1, min(len(jobs), os.cpu_count() or 1))
+        with ThreadPoolExecutor(workers) as ex:
+            list(ex.map(lambda job: job(), jobs))
+    return time.perf_counter() - t
+
+
+class JitBlockRunner:
+    """One jitted program per block shape (SPMD over the mesh, or one device)."""
+
+    def __init__(self, jitted):
+        self.jitted = jitted
+        self.compiled: dict = {}
+
+    @staticmethod
+    def _key(*args):
+        return tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(args))
+
+    def compile(self, examples) -> float:
+        """examples: [(state, data, xs, live)] with arrays placed as the loop will pass them."""
+        jobs = []
+        for args in examples:
+            key = self._key(*args[1:])
+            if key not in self.compiled:
+                self.compiled[key] = None
+
+                def job(args=args, key=key):
+                    self.compiled[key] = self.jitted.lower(*args).compile()
+
+                jobs.append(job)
+        return _compile_all(jobs)
+
+    def __call__(self, state, data, xs, live):
+        fn = self.compiled.get(self._key(data, xs, live)) or self.jitted
+        return fn(state, data, xs, live)
+
+
+class HostBlockRunner:
+    """The host-driven steps of a block, dispatched one after another (nothing waits on the host)."""
+
+    def __init__(self, step: "HostParallelStep"):
+        self.step = step
+
+    def compile(self, examples) -> float:
+        jobs = []
+        for state, data, xs, live in examples:
+            jobs += self.step.compile_jobs(state, data, xs[0])
+        return _compile_all(jobs)
+
+    def __call__(self, state, data, xs, live):
+        losses, norms = [], []
+        zero = jnp.zeros((), jnp.float32)
+        for k in range(len(live)):
+            if live[k]:
+                state, m = self.step(state, data, xs[k])
+                losses.append(m["loss"])
+                norms.append(m["grad_norm"])
+            else:
+                losses.append(zero)
+                norms.append(zero)
+        dev = self.step.devices[0]
+        return state, {"loss": jnp.stack([jax.device_put(x, dev) for x in losses]),
+                       "grad_norm": jnp.stack([jax.device_put(x, dev) for x in norms])}
+
+
 def _device_shares(devices, data, idx):
     """[(device, its copy of the replicated bucket matrix, its slice of idx on it)]: idx is a host
     array whose length is a multiple of the devices (`Placement.put_idx`)."""
@@ -132,29 +262,37 @@ def _device_shares(devices, data, idx):
     return [(dev, shards[dev], jax.device_put(part, dev)) for dev, part in zip(devices, parts)]
 
 
+def _row_shards(devices, arr, axis: int = 0):
+    """Each device's piece of an array split over the mesh by rows (`axis`), in device order."""
+    shards = {s.device: s for s in arr.addressable_shards}
+    return [shards[d].data for d in devices]
+
+
 class HostParallelStep:
     """Data parallelism over XLA:CPU devices without collectives.
 
     Per step: the parameters go to every device as one flat vector, each device computes the
-    gradient sums of its share of the rows (its own copy of the bucket matrix, its slice of `idx`)
-    as one flat vector, those come back to the first device, and one jitted update sums and applies
-    them. Everything is dispatched asynchronously; nothing waits on the host, and flat vectors keep
-    the host's work to a few transfers per step.
+    gradient sums of its share of the rows (a bucket step: its own copy of the bucket matrix and its
+    slice of `idx`; a window step: its rows of the stream matrix and of the carried state) as one flat
+    vector, those come back to the first device, and one jitted update sums and applies them.
+    Everything is dispatched asynchronously; nothing waits on the host, and flat vectors keep the
+    host's work to a few transfers per step.
 
     A collective-free SPMD program (`shard_map` without the psum) compiles once for all devices but
     blocked the host at every dispatch, and ran an epoch at 1.6 M tokens/s against 2.0 M for this
-    per-device dispatch, which compiles each bucket once per device (benchmarks/NOTES.md)."""
+    per-device dispatch, which compiles each shape once per device (benchmarks/NOTES.md)."""
 
-    def __init__(self, cfg, tx, devices):
+    def __init__(self, cfg, tx, devices, spec: StepSpec = StepSpec(), placement: "Placement | None" = None):
         self.devices = list(devices)
-        self.cfg = cfg
+        self.cfg, self.spec = cfg, spec
+        self.placement = placement
         self._unravel = None
         self._flat, self._flat_of = None, None
-        local = local_grads(cfg)
+        local = local_grads(cfg, spec)
 
-        def grads(flat, data, idx, key):  # [nll, n, gradient...] of this device's rows
-            nll, n, g = local(self._unravel(flat), jnp.take(data, idx, axis=0), key)
-            return jnp.concatenate([jnp.stack([nll, n]), ravel_pytree(g)[0]])
+        def grads(flat, data, x, carry, key):  # [nll, n, gradient...] of this device's rows
+            nll, n, g, new_carry = local(self._unravel(flat), data, x, carry, key)
+            return jnp.concatenate([jnp.stack([nll, n]), ravel_pytree(g)[0]]), new_carry
 
         def update(state, outs):
             tot = sum(outs)
@@ -164,22 +302,78 @@ class HostParallelStep:
         self.grads = jax.jit(grads)
         self.ravel = jax.jit(lambda params: ravel_pytree(params)[0])
         self.update = jax.jit(update, donate_argnums=(0,))
+        self._aot: dict = {}  # (device index, shapes) -> compiled `grads`
 
-    def __call__(self, state, data, idx):
-        params = state["params"]
+    @staticmethod
+    def _shape_key(d, piece, part, carry):
+        return (d,) + tuple((tuple(a.shape), str(a.dtype)) for a in jax.tree.leaves((piece, part, carry)))
+
+    def _shares(self, data, x, carry):
+        """[(device, data piece, x piece, carry piece)] for one step."""
+        devs = self.devices
+        if self.spec.window is None:
+            return [(dev, rows, part, None) for dev, rows, part in _device_shares(devs, data, x)]
+        pieces = _row_shards(devs, data)
+        if carry is not None and self.spec.carry:
+            hs, cs = _row_shards(devs, carry[0]), _row_shards(devs, carry[1])
+            carries = list(zip(hs, cs))
+        else:
+            carries = [None] * len(devs)
+        start = np.int32(x)
+        return [(dev, p, jax.device_put(start, dev), c) for dev, p, c in zip(devs, pieces, carries)]
+
+    def _ensure_unravel(self, params):
         if self._unravel is None:
             self._unravel = ravel_pytree(params)[1]
+
+    def compile_jobs(self, state, data, x):
+        """Ahead-of-time compilations of this step's shapes on every device (jobs to run on threads)."""
+        self._ensure_unravel(state["params"])
+        n_flat = sum(int(np.prod(l.shape)) for l in jax.tree.leaves(state["params"]))
+        jobs = []
+        for d, (dev, piece, part, carry) in enumerate(self._shares(data, x, state.get("carry"))):
+            sds = lambda a, dev=dev: jax.ShapeDtypeStruct(a.shape, a.dtype,  # noqa: E731
+                                                          sharding=jax.sharding.SingleDeviceSharding(dev))
+            flat = jax.ShapeDtypeStruct((n_flat,), jnp.float32, sharding=jax.sharding.SingleDeviceSharding(dev))
+            key = dropout_key(self.cfg, jnp.int32(0))
+            args = (flat, sds(piece), sds(part), None if carry is None else tuple(sds(c) for c in carry),
+                    None if key is None else jax.device_put(key, dev))
+            key_ = self._shape_key(d, piece, part, carry)
+            if key_ in self._aot:
+                continue
+            self._aot[key_] = None
+
+            def job(args=args, key_=key_):
+                self._aot[key_] = self.grads.lower(*args).compile()
+
+            jobs.append(job)
+        return jobs
+
+    def __call__(self, state, data, x):
+        params = state["params"]
+        self._ensure_unravel(params)
         if self._flat_of is not jax.tree.leaves(params)[0]:  # a state this step did not produce
             self._flat = self.ravel(params)
-        key = dropout_key(self.cfg, state["step"])
-        outs = []
-        for d, (dev, rows, part) in enumerate(_device_shares(self.devices, data, idx)):
+        key = dropout_key(self.cfg, state["step"], state.get("seed"))
+        outs, carries = [], []
+        for d, (dev, piece, part, carry) in enumerate(self._shares(data, x, state.get("carry"))):
             k = None if key is None else jax.device_put(jax.random.fold_in(key, d), dev)
-            outs.append(self.grads(jax.device_put(self._flat, dev), rows, part, k))
-        new, metrics, self._flat = self.update(state, [jax.device_put(o, self.devices[0]) for o in outs])
+            fn = self._aot.get(self._shape_key(d, piece, part, carry)) or self.grads
+            vec, new_carry = fn(jax.device_put(self._flat, dev), piece, part, carry, k)
+            outs.append(jax.device_put(vec, self.devices[0]))
+            carries.append(new_carry)
+        core = {k: v for k, v in state.items() if k != "carry"}
+        new, metrics, self._flat = self.update(core, outs)
         self._flat_of = jax.tree.leaves(new["params"])[0]
+        if "carry" in state:
+            new["carry"] = self._join_carry(state["carry"], carries) if self.spec.carry else state["carry"]
         return new, metrics
 
+    def _join_carry(self, old, pieces):
+        """The devices' new (h, c) pieces as global arrays split over the mesh like the old ones."""
+        return tuple(jax.make_array_from_single_device_arrays(o.shape, o.sharding, [p[i] for p in pieces])
+                     for i, o in enumerate(old))
+
     def compilations(self) -> int:
-        """Compiled bucket shapes (each once per device)."""
-        return self.grads._cache_size() // len(self.devices)
+        """Compiled shapes (each once per device), ahead of time or on first use."""
+        return (self.grads._cache_size() + sum(v is not None for v in self._aot.values())) // len(self.devices)

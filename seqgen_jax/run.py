@@ -20,8 +20,10 @@ from typing import Any, Callable, Iterable
 from .config import RunConfig
 from .errors import UserError
 
-# What a run directory may hold before it is a run: nothing of the user's is ever overwritten.
-_BOOKKEEPING = {"config.json", "vocab.json", "metrics.jsonl", ".lock", ".write-test"}
+# Written first into a directory a run starts in: a directory is ours to write into only when it is
+# empty or holds this marker (a first try that was killed before its config.json), never because its
+# files have names a run also uses.
+MARKER = ".seqgen-run"
 # What may change when a run is resumed: its length, and where the IMDb archive now is (a location,
 # not a setting of the run).
 MOVABLE = ("train.epochs", "train.max_time", "data.imdb")
@@ -120,7 +122,8 @@ class RunDir:
         return [m for m in self.read_metrics() if "epoch" in m]
 
     def step_records(self) -> list[dict]:
-        return [m for m in self.read_metrics() if "epoch" not in m]
+        """The logged train steps (not the compile event, nor mid-epoch validations)."""
+        return [m for m in self.read_metrics() if "epoch" not in m and "loss" in m]
 
     def append_metrics(self, *records: dict) -> None:
         from .io import json_safe
@@ -159,7 +162,10 @@ class RunDir:
         if not (self.checkpoints_dir.is_dir() or self.best_dir.is_dir()):
             raise UserError(f"{self.path} has no checkpoints yet; train it first (seqgen train ... --run-dir {self.path})")
         vocab = Vocab.load(self.vocab_path)
-        like = jax.eval_shape(lambda: init_params(cfg.model, 0))
+        # On this process's first device, whatever mesh wrote the checkpoint.
+        one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one),
+                            jax.eval_shape(lambda: init_params(cfg.model, 0)))
         ck = self.checkpointer(create=False)
         try:
             step, params, _, _ = ck.restore(checkpoint, like)
@@ -185,7 +191,7 @@ class RunDir:
         library = given is None
         if library:
             given = [f"{sec}.{f}" for sec in ("data", "model") for f in vars(getattr(cfg, sec))
-                     if f"{sec}.{f}" != "model.vocab_size"]
+                     if f"{sec}.{f}" not in ("model.vocab_size", "data.content_hash")]
         given = list(given)
         clash = [k for k in given if k not in MOVABLE and _field(cfg, k) != _field(saved, k)]
         if clash:
@@ -206,18 +212,17 @@ class RunDir:
             raise UserError(f"--run-dir {path} is a file; choose a directory")
         if self.exists() or self.has_checkpoints():
             raise UserError(f"{path} already holds a run; pass --resume to continue it or choose a new --run-dir")
-        if path.is_dir():
-            other = [p.name for p in path.iterdir() if p.name not in _BOOKKEEPING]
+        if path.is_dir() and not (path / MARKER).is_file():
+            other = sorted(p.name for p in path.iterdir())
             if other:
-                raise UserError(f"--run-dir {path} is not empty and not a run (it holds {', '.join(sorted(other)[:3])}"
+                raise UserError(f"--run-dir {path} is not empty and not a run (it holds {', '.join(other[:3])}"
                                 f"{', ...' if len(other) > 3 else ''}); choose a new or empty directory")
 
     def check_writable(self) -> None:
+        """Create the directory and mark it as a run's (the marker doubles as the write probe)."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / ".write-test"
-            probe.write_text("")
-            probe.unlink()
+            (self.path / MARKER).write_text("written by seqgen_jax: this directory holds a training run\n")
         except OSError as e:
             raise UserError(f"cannot write the run directory {self.path}: {e.strerror or e}; choose another --run-dir") from None
 

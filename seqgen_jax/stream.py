@@ -1,10 +1,16 @@
-"""Training on a token stream with truncated backpropagation through time, and scoring a stream.
+"""The window feeds (`stream`, `packed`; feeds.py) and scoring a stream.
 
-The way char-rnn and the PTB LSTM papers train: the training stream is cut into B contiguous
-segments, one per batch row, kept on the device as one (B, cols) matrix; step k reads the window of
-`chunk` + 1 columns starting at k * chunk (+ an epoch offset) with one dynamic slice, and the LSTM
+Training on a stream the way char-rnn and the PTB LSTM papers do: the stream is cut into B contiguous
+rows kept on the device as one (B, cols) matrix, split over the mesh by rows; step k reads the window
+of `chunk` + 1 columns starting at k * chunk (+ an epoch offset) with one dynamic slice, and the LSTM
 state at the window's end is the next window's initial state (gradients stop at the window edge, the
-state does not reset). One shape, so one compilation; per step only a scalar crosses to the device.
+state does not reset). One shape, so one compilation; per block of K steps only K scalars cross to
+the device.
+
+The packed feed lays strings end to end the same way, each framed `.start ... .end`, whole strings to
+a row (rows are filled to equal length, the last one padded), a new random order every epoch; the
+state is zeroed at every `.start`, so a string's log-probability is exactly what it is alone
+(`score_packed` checks it).
 
 Scoring: `score_stream` walks the whole split with the state carried (unlimited context; a long split
 is cut into a few long segments scored side by side), `score_windows` scores non-overlapping windows
@@ -20,20 +26,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .data.base import LN2
 from .config import RunConfig
-from .data.vocab import PAD_ID
+from .data.base import LN2
+from .data.vocab import END_ID, PAD_ID, START_ID, Ragged
 from .model import LSTMState, apply_tm, zero_state
 
 
-
 def default_chunk(cfg: RunConfig) -> int:
-    return cfg.data.chunk or 128
+    return cfg.data.chunk or 64
 
 
-def layout(n_tokens: int, max_tokens: int, chunk: int) -> tuple[int, int]:
+def rows_for(max_tokens: int, chunk: int, n_devices: int = 1) -> int:
+    """B rows of `chunk` tokens under the token budget: a multiple of 8 from 8 on (so 1, 2, 4 or 8
+    devices give the same layout and a checkpoint moves between them), then of the devices."""
+    B = max(1, max_tokens // chunk)
+    if B >= 8:
+        B -= B % 8
+    return -(-B // n_devices) * n_devices
+
+
+def layout(n_tokens: int, max_tokens: int, chunk: int, n_devices: int = 1) -> tuple[int, int]:
     """(B streams, columns per stream) for a training stream under the token budget."""
-    B = max(1, min(max_tokens // chunk, (n_tokens - 1) // (2 * chunk)))
+    B = max(1, min(rows_for(max_tokens, chunk), (n_tokens - 1) // (2 * chunk)))
+    B = -(-B // n_devices) * n_devices
     cols = n_tokens // B
     return B, cols
 
@@ -52,7 +67,43 @@ def epoch_offset(seed: int, epoch: int, chunk: int, cols: int) -> int:
 
 
 def stream_matrix(ids: np.ndarray, B: int, cols: int) -> np.ndarray:
-    return np.asarray(ids[: B * cols], dtype=np.int32).reshape(B, cols)
+    """The first B * cols tokens as B rows; a row of padding for each stream the tokens cannot fill
+    (more devices than a tiny stream has rows)."""
+    ids = np.asarray(ids[: B * cols], dtype=np.int32)
+    out = np.full(B * cols, PAD_ID, np.int32)
+    out[: len(ids)] = ids
+    return out.reshape(B, cols)
+
+
+def assign_rows(lens: np.ndarray, B: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row of each string, tokens of each row) for framed strings of `lens` laid end to end: a string
+    goes to the row its midpoint falls in, so every row holds about sum / B tokens, never more than
+    that plus the longest string."""
+    ends = np.cumsum(lens)
+    total = int(ends[-1]) if len(ends) else 0
+    row = np.minimum(((ends - lens / 2) * B // max(total, 1)).astype(np.int64), B - 1)
+    return row, np.bincount(row, weights=lens, minlength=B).astype(np.int64)
+
+
+def pack_rows(seqs: Ragged, order: np.ndarray, B: int, width: int) -> tuple[np.ndarray, int]:
+    """Strings `order` of `seqs`, each framed `.start ... .end`, laid end to end into B rows of
+    `width` columns: whole strings to a row, the rows filled to about equal length, padding after.
+    Returns (matrix (B, width) int32, the longest row's length)."""
+    lens = seqs.lengths[order] + 2
+    ends = np.cumsum(lens)
+    total = int(ends[-1]) if len(ends) else 0
+    row, row_len = assign_rows(lens, B)
+    flat = seqs.framed(order)
+    first = np.searchsorted(row, np.arange(B), side="left")  # first string of each row
+    row_start = np.concatenate([[0], ends])[first]  # its offset in the framed stream
+    longest = int(row_len.max()) if B else 0
+    if longest > width:
+        raise ValueError(f"a packed row needs {longest} columns, more than {width}")
+    out = np.full((B, width), PAD_ID, np.int32)
+    r = np.repeat(np.arange(B), row_len)
+    c = np.arange(total) - np.repeat(row_start, row_len)
+    out[r, c] = flat
+    return out, longest
 
 
 def _window_nll(params, window, carry: LSTMState, cfg: RunConfig, dropout_key=None):
@@ -63,32 +114,6 @@ def _window_nll(params, window, carry: LSTMState, cfg: RunConfig, dropout_key=No
     lp = jnp.sum(logp * jax.nn.one_hot(tok[1:], logits.shape[-1], dtype=logp.dtype), axis=-1)  # (T, B)
     lp = jnp.where(tok[1:] != PAD_ID, lp, 0.0)
     return -lp.sum(), state
-
-
-def make_stream_step(cfg: RunConfig, tx, chunk: int):
-    """step(state, data (B, cols) int32, start int32) -> (state, {"loss", "grad_norm"}); state carries
-    "carry": the LSTMState after the previous window (zeros at an epoch's start)."""
-    from .step import apply_grads, dropout_key
-
-    carry_on = cfg.data.carry_state
-
-    def step(state, data, start):
-        B = data.shape[0]
-        window = jax.lax.dynamic_slice(data, (jnp.int32(0), start), (B, chunk + 1))
-        carry = LSTMState(*jax.lax.stop_gradient(state["carry"])) if carry_on else zero_state(cfg.model, B)
-        key = dropout_key(cfg, state["step"])
-
-        def loss(params):
-            return _window_nll(params, window, carry, cfg, key)
-
-        (nll, new_carry), grads = jax.value_and_grad(loss, has_aux=True)(state["params"])
-        n = (window[:, 1:] != PAD_ID).sum().astype(jnp.float32)
-        core = {k: v for k, v in state.items() if k != "carry"}
-        new, metrics = apply_grads(tx, core, nll, n, grads)
-        new["carry"] = tuple(new_carry)
-        return new, metrics
-
-    return jax.jit(step, donate_argnums=(0,))
 
 
 def zero_carry(cfg: RunConfig, B: int):
@@ -170,134 +195,174 @@ def stream_metrics(params, cfg: RunConfig, ids: np.ndarray, *, unit: str, window
             f"nats_per_{per}_window{window}": wbits * LN2, "window": window}
 
 
-# ---------------------------------------------------------------- the loop
-def _sample_text(params, cfg: RunConfig, vocab, n: int, temperature: float, seed: int, max_len: int,
-                 framed: bool) -> list[str]:
-    from .sample import sample
-
-    s = sample(params, cfg.model, vocab, n=n, key=jax.random.key(seed), temperature=temperature,
-               max_len=max_len, stream=not framed, unk_seen=cfg.data.voc is not None)
-    return s.texts(vocab)
 
 
-def train_stream(cfg: RunConfig, run, ds, *, resume: bool, log, primary: bool, t_start: float) -> dict:
-    """The loop for text streams: windows in order, state carried, one record per epoch (and every
-    `eval_every` steps), a progress line about every 10 s, resumable from any checkpoint."""
-    import time
+def score_packed(params, cfg: RunConfig, seqs: Ragged, *, B: int = 8, chunk: int = 16) -> np.ndarray:
+    """Natural-log probability of each string (every symbol and the end marker) taken from packed
+    windows, as the packed feed trains on them: a check of the feed against scoring strings alone."""
+    order = np.arange(len(seqs))
+    lens = seqs.lengths + 2
+    width = int(np.ceil((lens.sum() / B + lens.max() + 1) / chunk)) * chunk + 1
+    mat, _ = pack_rows(seqs, order, B, width)
+    carry = zero_state(cfg.model, B)
+    lps = []
+    for k in range((width - 1) // chunk):
+        window = jnp.asarray(mat[:, k * chunk: k * chunk + chunk + 1])
+        lp, carry = _packed_window_logprobs(params, window, carry, cfg=cfg)
+        lps.append(np.asarray(lp))
+    lp = np.concatenate(lps, axis=1)  # (B, width - 1): log p of mat[:, 1:]
+    tgt = mat[:, 1:]
+    # Each target belongs to the string whose .start came last before it.
+    flat_t, flat_lp = tgt.reshape(-1), lp.reshape(-1)
+    is_start = (mat[:, :-1] == START_ID).reshape(-1)
+    string_no = np.cumsum(is_start) - 1  # strings in row-major order = `order`
+    scored = (flat_t != PAD_ID) & (flat_t != START_ID)
+    return np.bincount(string_no[scored], weights=flat_lp[scored], minlength=len(seqs))
 
-    from .model import count_params
-    from .step import init_train_state, make_optimizer, make_schedule, set_horizon, zero_acc
-    from .train import (_fmt_time, _flush_step_record, close_epoch, open_run, record_epoch, save_at_deadline,
-                        start_fit)
 
-    chunk = default_chunk(cfg)
-    ts = ds.info["train_stream"]()  # {"train", "val": token arrays, "framed", "unit", "about"}
-    train_ids, val_ids, unit = ts["train"], ts["val"], ts["unit"]
-    B, cols = layout(len(train_ids), cfg.train.max_tokens, chunk)
-    if cols < chunk + 1:
+@partial(jax.jit, static_argnames=("cfg",))
+def _packed_window_logprobs(params, window, carry, *, cfg: RunConfig):
+    tok = window.T
+    resets = tok[:-1] == START_ID
+    logits, state = apply_tm(params, tok[:-1], carry, cfg=cfg.model, resets=resets)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    lp = jnp.sum(logp * jax.nn.one_hot(tok[1:], logits.shape[-1], dtype=logp.dtype), axis=-1)  # (T, B)
+    return lp.T, state
+
+
+# ---------------------------------------------------------------- the window feeds
+class WindowFeed:
+    """`--feed stream` and `--feed packed` (feeds.py): a (B, cols) device matrix walked in windows of
+    `chunk` tokens, K windows to a block, the LSTM state in the train state's "carry".
+
+    For the members of a sweep (`seeds`), a stream's window boundaries move by each member's own epoch
+    offset, and a packed epoch is each member's own order of strings (a (M, B, cols) matrix); a member
+    whose packed epoch is shorter than the longest one has its last steps marked dead."""
+
+    def __init__(self, cfg: RunConfig, placement, K: int, *, kind: str, chunk: int, B: int, cols: int,
+                 carry: bool, packed: bool, nwin: int, tokens_per_epoch: int, about: str,
+                 seeds: list[int] | None = None):
+        from .step import StepSpec
+
+        self.kind, self.cfg, self.place, self.K = kind, cfg, placement, K
+        self.chunk, self.B, self.cols, self.nwin = chunk, B, cols, nwin
+        self.seeds = list(seeds) if seeds is not None else [cfg.train.seed]
+        self.members = len(self.seeds)
+        self.spec = StepSpec(window=chunk, carry=carry, packed=packed)
+        self.steps_per_epoch = nwin  # at most; `steps_in(epoch)` is exact
+        self.tokens_per_epoch = tokens_per_epoch
+        self.about = about
+        self._data = None  # (epoch, device matrix)
+        self._steps: dict[tuple[int, int], int] = {}
+
+    # ---- constructors
+    @classmethod
+    def stream(cls, cfg: RunConfig, ds, placement, K: int, seeds=None) -> "WindowFeed":
+        """A text corpus (or IMDb --carry-state): ds.info["train_stream"]() gives the token stream."""
         from .errors import UserError
 
-        raise UserError(f"--chunk {chunk} is longer than the training stream ({len(train_ids):,} tokens); lower "
-                        f"--chunk to at most {max(2, len(train_ids) // 2 - 1)}")
-    nwin = windows_per_epoch(cols, chunk)
-    total = nwin * cfg.train.epochs
-    tx, schedule = make_optimizer(cfg, total), make_schedule(cfg, total)
-    dev = jax.local_devices()[0]
-    state = init_train_state(cfg, tx)
-    state["carry"] = zero_carry(cfg, B)
-    state = jax.device_put(state, dev)
-    log(f"{ds.spec}: {len(train_ids):,} train / {len(val_ids):,} val {unit}s ({ts['about']}), "
-        f"vocab {len(ds.vocab)}; model "
-        f"{cfg.model.embed}/{cfg.model.hidden}x{cfg.model.layers} ({count_params(state['params']):,} params) on "
-        f"{dev.platform}")
-    log(f"train: {B} streams x {cols:,} {unit}s, windows of {chunk}, {nwin} steps per epoch, state "
-        f"{'carried' if cfg.data.carry_state else 'reset each window'}")
-    opened = open_run(cfg, run, ds, state, resume, primary, log)
-    if opened.finished is not None:
-        return opened.finished
-    ckpt, state, best_val = opened.ckpt, jax.device_put(opened.state, dev), opened.best_val
-    # One device. On CPU, XLA already spreads this step over the cores (taskset to one core: 20k vs
-    # 31k chars/s for (256, 256), B = 32, chunk 64), and splitting the rows over the per-core host
-    # devices as the bucket path does measured slower (27k; benchmarks/NOTES.md).
-    step_fn = make_stream_step(cfg, tx, chunk)
-    data = jax.device_put(stream_matrix(train_ids, B, cols), dev)
-    deadline = t_start + cfg.train.max_time if cfg.train.max_time else math.inf
-    fit, state = start_fit(schedule, state, deadline, log)
-    tokens_per_step = B * chunk
-    last: dict = {}
-    t_first = time.time()
-    steps_done_here = 0
+        chunk = default_chunk(cfg)
+        ts = ds.info["train_stream"]()
+        ids = ts["train"]
+        B, cols = layout(len(ids), cfg.train.max_tokens, chunk, placement.n_devices)
+        if cols < chunk + 1:
+            raise UserError(f"--chunk {chunk} is longer than the training stream ({len(ids):,} tokens); lower "
+                            f"--chunk to at most {max(2, len(ids) // 2 - 1)}")
+        nwin = windows_per_epoch(cols, chunk)
+        feed = cls(cfg, placement, K, kind="stream", chunk=chunk, B=B, cols=cols, carry=cfg.data.carry_state,
+                   packed=False, nwin=nwin, tokens_per_epoch=B * chunk * nwin, seeds=seeds,
+                   about=f"{B} streams x {cols:,} {ts['unit']}s, windows of {chunk}, state "
+                         f"{'carried' if cfg.data.carry_state else 'reset each window'}")
+        feed._matrix = stream_matrix(ids, B, cols)
+        feed.stream_info = ts
+        return feed
 
-    def val_bits():
-        nll, n = score_stream(state["params"], cfg, val_ids)
-        return nll / max(n, 1) / LN2
+    @classmethod
+    def packed(cls, cfg: RunConfig, ds, placement, K: int, seeds=None) -> "WindowFeed":
+        """A language's (or IMDb's) training strings, packed anew every epoch."""
+        chunk = cfg.data.chunk or _packed_window()
+        seqs = ds.train
+        lens = seqs.lengths + 2
+        nd = placement.n_devices
+        # At least two strings a row, so a tiny split does not make rows of padding.
+        B = min(rows_for(cfg.train.max_tokens, chunk, nd), max(nd, len(seqs) // 2 // nd * nd))
+        # Rows hold whole strings of about total / B tokens: at most that plus the longest string.
+        need = int(np.ceil(lens.sum() / B)) + int(lens.max()) + 1
+        nwin = -(-(need - 1) // chunk)
+        feed = cls(cfg, placement, K, kind="packed", chunk=chunk, B=B, cols=nwin * chunk + 1, carry=True,
+                   packed=True, nwin=nwin, tokens_per_epoch=int((seqs.lengths + 1).sum()), seeds=seeds,
+                   about=f"{len(seqs):,} strings packed into {B} rows of {nwin * chunk + 1:,} tokens, windows of "
+                         f"{chunk}, the state zeroed at each .start")
+        feed._seqs = seqs
+        return feed
 
-    for epoch in range(opened.epoch, cfg.train.epochs):
-        first = opened.batch if epoch == opened.epoch else 0
-        if first == 0:
-            state["acc"] = jax.device_put(zero_acc(), dev)
-            state["carry"] = jax.device_put(zero_carry(cfg, B), dev)
-        off = epoch_offset(cfg.train.seed, epoch, chunk, cols)
-        t_epoch, t_log, t_progress, pending, toks_since = time.time(), time.time(), time.time(), None, 0
-        stopped = False
-        for k in range(first, nwin):
-            gstep = epoch * nwin + k + 1
-            state, m = step_fn(state, data, jnp.int32(off + k * chunk))
-            steps_done_here += 1
-            toks_since += tokens_per_step
-            if pending is not None and primary:
-                _flush_step_record(run, pending, schedule)
-                pending = None
-            now = time.time()
-            if gstep % cfg.train.log_every == 0:
-                pending = (gstep, m, toks_since, now - t_log)
-                toks_since, t_log = 0, now
-                if (h := fit.update(gstep, now)) is not None:
-                    state = set_horizon(state, h)
-            if now - t_progress >= 10.0:
-                rate = steps_done_here * tokens_per_step / max(now - t_first, 1e-9)
-                left = (total - gstep) * tokens_per_step / max(rate, 1e-9)
-                log(f"  step {gstep}/{total}  loss {float(m['loss']) / LN2:.3f} bits/{unit}  "
-                    f"{rate / 1e3:.1f}k {unit}/s  ETA {_fmt_time(left)}")
-                t_progress = now
-            if cfg.train.eval_every and gstep % cfg.train.eval_every == 0 and k + 1 < nwin:
-                rec = {"step": gstep, "val_ce_bits_per_token": val_bits(), "elapsed": time.time() - t_start}
-                if primary:
-                    run.append_metrics(rec)
-            if cfg.train.sample_every and gstep % cfg.train.sample_every == 0:
-                text = _sample_text(state["params"], cfg, ds.vocab, 1, 1.0, gstep, 200, ts["framed"])[0]
-                log(f"  sample at step {gstep}: {text!r}")
-            if time.time() > deadline and k + 1 < nwin:
-                stopped = save_at_deadline(ckpt, run, state, pending, schedule, primary, log, gstep=gstep,
-                                           epoch=epoch, batch=k + 1, best_val=best_val)
-                break
-        if stopped:
-            break
-        acc = close_epoch(run, pending, schedule, primary, state, ckpt, cfg, epoch, "")
-        seconds = time.time() - t_epoch
-        val = stream_metrics(state["params"], cfg, val_ids, unit=unit)
-        nsteps = max(float(acc["steps"]), 1.0)
-        gstep = (epoch + 1) * nwin
-        train_bits = float(acc["nll"] / max(acc["tokens"], 1.0) / LN2)
-        rec = {"epoch": epoch + 1, "step": gstep, "train_loss": train_bits * LN2, "train_ce_bits_per_token": train_bits,
-               "val_ce_bits_per_token": val["ce_bits_per_token"],
-               **{f"val_{k}": v for k, v in val.items() if k.startswith(("bits_per", "nats_per"))},
-               "grad_norm_mean": float(acc["gn_sum"] / nsteps),
-               "grad_norm_std": float(math.sqrt(max(acc["gn_sq"] / nsteps - (acc["gn_sum"] / nsteps) ** 2, 0.0))),
-               "grad_norm_max": float(acc["gn_max"]), "lr": float(schedule(gstep - 1)), "seconds": seconds,
-               "tokens_per_s": float(acc["tokens"]) / max(seconds, 1e-9), "elapsed": time.time() - t_start}
-        best_val = record_epoch(run, ckpt, cfg, state, rec, epoch, best_val, primary)
-        if primary:
-            rows = [{"temperature": t, "text": x} for t in (0.0, 1.0)
-                    for x in _sample_text(state["params"], cfg, ds.vocab, 1 if t == 0 else 4, t, epoch, 300,
-                                             ts["framed"])]
-            run.write_samples(epoch + 1, rows)
-        per = "char" if unit == "char" else "token"
-        log(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {train_bits:.4f}  val {rec['val_ce_bits_per_token']:.4f} "
-            f"bits/{unit} ({rec[f'val_nats_per_{per}']:.4f} nats; {rec[f'val_nats_per_{per}_window64']:.4f} in "
-            f"64-{unit} windows)  grad {rec['grad_norm_mean']:.3f}  {rec['tokens_per_s'] / 1e3:.1f}k {unit}/s  "
-            f"{_fmt_time(seconds)}  left ~{_fmt_time((cfg.train.epochs - epoch - 1) * seconds)}")
-        last = rec
-    ckpt.wait()
-    ckpt.close()
-    return last
+    # ---- the interface
+    def describe(self) -> str:
+        n = f"{self.nwin}" if self.kind == "stream" else f"up to {self.nwin}"
+        return f"{self.kind} feed: {self.about}; {n} steps per epoch, {self.K} per call"
+
+    def init_carry(self):
+        shape = (self.cfg.model.layers, self.B, self.cfg.model.hidden)
+        if self.members > 1:
+            shape = (self.members,) + shape
+        return (np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+
+    def _order(self, seed: int, epoch: int) -> np.ndarray:
+        return np.random.default_rng([seed, epoch]).permutation(len(self._seqs))
+
+    def _steps_of(self, seed: int, epoch: int) -> int:
+        """Windows one run's epoch takes: a packed epoch stops after its longest row's last window."""
+        if self.kind != "packed":
+            return self.nwin
+        if (seed, epoch) not in self._steps:
+            _, row_len = assign_rows(self._seqs.lengths[self._order(seed, epoch)] + 2, self.B)
+            self._steps[seed, epoch] = max(1, -(-(int(row_len.max()) - 1) // self.chunk))
+        return self._steps[seed, epoch]
+
+    def steps_in(self, epoch: int) -> np.ndarray:
+        return np.array([self._steps_of(s, epoch) for s in self.seeds])
+
+    def first_step(self, epoch: int) -> np.ndarray:
+        """Steps each run has taken before `epoch` starts."""
+        return np.array([sum(self._steps_of(s, e) for e in range(epoch)) for s in self.seeds])
+
+    def _epoch_data(self, epoch: int):
+        if self._data is not None and self._data[0] == epoch:
+            return self._data[1]
+        if self.kind == "stream":
+            data = self._data[1] if self._data is not None else self.place.put_streams(self._matrix)
+        else:
+            mats = [pack_rows(self._seqs, self._order(s, epoch), self.B, self.cols)[0] for s in self.seeds]
+            data = self.place.put_streams(mats[0] if self.members == 1 else np.stack(mats), members=self.members > 1)
+        self._data = (epoch, data)
+        return data
+
+    def _offset(self, seed: int, epoch: int) -> int:
+        return epoch_offset(seed, epoch, self.chunk, self.cols) if self.kind == "stream" else 0
+
+    def blocks(self, epoch: int, start: int = 0):
+        from .feeds import Block, blocks_of
+
+        data = self._epoch_data(epoch)
+        offs = np.array([self._offset(s, epoch) for s in self.seeds])
+        n_m = self.steps_in(epoch)
+        per_step = self.tokens_per_epoch / n_m
+        for first, _ in blocks_of(int(n_m.max()), self.K, start):
+            k = first + np.arange(self.K)
+            live = (k[None, :] >= start) & (k[None, :] < n_m[:, None])  # (M, K)
+            starts = (offs[:, None] + k[None, :] * self.chunk).astype(np.int32)
+            starts = np.minimum(starts, self.cols - self.chunk - 1)  # dead steps past the end stay in range
+            xs, lv = self.place.put_block(starts, live, members=self.members > 1)
+            yield Block(data, xs, lv, live, first, np.round(per_step * live.sum(axis=1)).astype(np.int64))
+
+    def examples(self, state) -> list:
+        data = self._epoch_data(0) if self._data is None else self._data[1]
+        xs, lv = self.place.put_block(np.zeros((self.members, self.K), np.int32),
+                                      np.zeros((self.members, self.K), bool), members=self.members > 1)
+        return [(state, data, xs, lv)]
+
+
+def _packed_window() -> int:
+    from .feeds import PACKED_WINDOW
+
+    return PACKED_WINDOW

@@ -24,3 +24,14 @@ def run_cli(*args, env=None, timeout=600, cwd=None):
     p = subprocess.run([sys.executable, "-m", "seqgen_jax", *map(str, args)], capture_output=True, text=True,
                        env=e, timeout=timeout, cwd=cwd or ROOT)
     return p.returncode, p.stdout, p.stderr
+
+
+def one_line_error(rc, out, err, *needles):
+    """The contract for bad input: exit code 2, one line on stderr (JAX's own log lines aside), no
+    traceback, naming what was wrong. Returns the line."""
+    assert rc == 2, (rc, out[-500:], err[-2000:])
+    lines = [l for l in err.strip().splitlines() if l.strip() and not l.startswith(("E1", "W1", "I1"))]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]

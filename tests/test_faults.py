@@ -7,19 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import one_line_error, run_cli
 
 TINY = ("--n-train", "300", "--n-val", "50", "--n-test", "50", "--embed", "8", "--hidden", "16", "--epochs", "1",
         "--max-tokens", "2000")
-
-
-def one_line_error(rc, out, err, *needles):
-    assert rc == 2, (rc, out[-500:], err[-2000:])
-    lines = [l for l in err.strip().splitlines() if not l.startswith(("E1", "W1", "I1"))]
-    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

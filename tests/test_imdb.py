@@ -236,4 +236,4 @@ def test_carried_state_and_scoring_every_test_review(tmp_path):
         lp = jax.nn.log_softmax(np.asarray(logits[0], np.float64))
         bits -= sum(lp[t, ids[t + 1]] for t in range(len(ids) - 1)) / np.log(2)
         n += len(ids) - 1
-    assert d["bits_per_char"] == pytest.approx(bits / n, rel=1e-5)
+    assert d["bits_per_char"] == pytest.approx(float(bits / n), rel=1e-5)

@@ -234,7 +234,7 @@ def test_scoring_sequences_longer_than_the_training_budget_matches_a_plain_forwa
         logits, _ = apply(params, jnp.asarray(ids[None, :-1]), None, cfg=CFG)
         lp = jax.nn.log_softmax(np.asarray(logits[0], np.float64))
         want = sum(lp[t, ids[t + 1]] for t in range(len(ids) - 1)) / math.log(2)
-        assert got == pytest.approx(want, rel=1e-5, abs=1e-4)
+        assert got == pytest.approx(float(want), rel=1e-5, abs=1e-4)
         assert pr.tolist() == np.argmax(lp, axis=-1).tolist()
 
 

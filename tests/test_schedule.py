@@ -102,7 +102,8 @@ def test_a_run_cut_by_the_clock_ends_at_the_floor(tmp_path, monkeypatch):
     cfg = RunConfig().override(**{"data.name": "brackets", "data.n_train": 3000, "data.n_val": 100,
                                   "data.n_test": 100, "model.embed": 8, "model.hidden": 12, "train.epochs": 600,
                                   "train.max_tokens": 400, "train.log_every": 5, "train.eval_samples": 10,
-                                  "train.max_buckets": 4, "train.lr": PEAK, "train.max_time": 20.0})
+                                  "train.max_buckets": 4, "train.lr": PEAK, "train.max_time": 20.0,
+                                  "data.feed": "bucket"})
     train(cfg, tmp_path / "r", log=lambda s: None)
     steps = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in steps if "lr" in m and "epoch" not in m]

@@ -18,7 +18,8 @@ from seqgen_jax.data import build_dataset
 from seqgen_jax.data.vocab import END_ID, UNK_ID
 from seqgen_jax.errors import UserError
 from seqgen_jax.model import init_params
-from seqgen_jax.stream import make_stream_step, score_stream, score_windows, zero_carry
+from seqgen_jax.step import StepSpec, step_fn
+from seqgen_jax.stream import score_stream, score_windows, zero_carry
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
@@ -145,7 +146,7 @@ def test_carried_state_training_equals_an_unrolled_reference(carry):
     data = rng.integers(4, 9, size=(B, 3 * chunk + 1)).astype(np.int32)
     p0 = init_params(cfg.model, 0)
     tx = optax.sgd(1.0)
-    step = make_stream_step(cfg, tx, chunk)
+    step = jax.jit(step_fn(cfg, tx, StepSpec(window=chunk, carry=carry)), donate_argnums=(0,))
     state = {"params": p0, "opt_state": tx.init(p0), "step": jnp.zeros((), jnp.int32),
              "acc": {k: jnp.zeros(()) for k in ("nll", "tokens", "gn_sum", "gn_sq", "gn_max", "steps")},
              "carry": zero_carry(cfg, B)}

@@ -12,14 +12,13 @@ from ..config import DataConfig
 from ..errors import UserError
 from .base import Entropy, Language
 from .brackets import Brackets
+from .spec import PATH_KINDS, dataset_kind, default_run_name, spec_family
 from .ndfa import NDFA
 from .toy import Toy
 from .vocab import Ragged, Vocab
 
 SYNTHETIC = {"ndfa": NDFA, "brackets": Brackets, "dyck1": Brackets, "toy": Toy}
 NAMES = "ndfa, brackets (alias dyck1), toy, pcfg:FILE, pfsa:FILE.json, imdb, text:PATH"
-# Specs whose part after the colon is a path, not key=value parameters.
-PATH_KINDS = ("text", "pcfg", "pfsa")
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
@@ -84,7 +83,7 @@ VAL_SEED_OFFSET, TEST_SEED_OFFSET = 1, 2
 
 @dataclass
 class Dataset:
-    name: str
+    name: str  # the family: ndfa, brackets, toy, pcfg, pfsa, imdb, text
     spec: str
     vocab: Vocab
     train: Ragged
@@ -93,6 +92,16 @@ class Dataset:
     language: Language | None = None
     train_strings: list[str] | None = None  # synthetic only: for novelty
     info: dict = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """`dataset_kind`: "language", "text" or "imdb"."""
+        return self.name if self.name in ("text", "imdb") else "language"
+
+    @property
+    def trains_as_stream(self) -> bool:
+        """Whether the training data is also offered as one stream (text corpora, IMDb)."""
+        return self.info.get("train_stream") is not None
 
     def split(self, name: str) -> Ragged:
         if name not in ("train", "val", "test"):
@@ -112,6 +121,18 @@ class Dataset:
             return np.arange(n)
         labels = self.info.get("labels", {}).get(name)
         return stratified_subset(labels if labels is not None else np.zeros(n, np.int8), limit, seed)
+
+
+def check_corpus(cfg: DataConfig, ds: Dataset, doing: str, allow_changed: bool = False) -> None:
+    """A text corpus must still hold what the run was trained on: appended text would be scored as
+    another split, new symbols as nothing at all. Refused in one line saying what changed."""
+    now, then = ds.info.get("content_hash"), cfg.content_hash
+    if now is None or then is None or now == then or allow_changed:
+        return
+    raise UserError(f"{cfg.name.partition(':')[2]} has changed since this run was trained (content {now}, trained "
+                    f"on {then}): {doing} would use other text; restore the file, train a new run"
+                    + (", or pass --allow-changed-corpus to evaluate on it knowingly" if doing.startswith("eval")
+                       else ""))
 
 
 def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -138,12 +159,73 @@ def build_dataset(cfg: DataConfig) -> Dataset:
     if name in CORPUS_BUILDERS:
         return CORPUS_BUILDERS[name](cfg, params)
     lang = get_language(cfg.name)
+    if (cfg.train_lengths or cfg.test_lengths) and dataset_kind(cfg.name) != "language":
+        raise UserError("--train-lengths and --test-lengths apply to languages with a known truth")
     vocab = vocab_for(lang)
-    tr = lang.strings(cfg.n_train, cfg.seed)
-    va = lang.strings(cfg.n_val, cfg.seed + VAL_SEED_OFFSET)
-    te = lang.strings(cfg.n_test, cfg.seed + TEST_SEED_OFFSET)
+    if cfg.train_lengths:
+        from ..config import parse_lengths
+
+        rng = parse_lengths(cfg.train_lengths)
+        tr = strings_in_lengths(lang, cfg.n_train, cfg.seed, rng)
+        va = strings_in_lengths(lang, cfg.n_val, cfg.seed + VAL_SEED_OFFSET, rng)
+    else:
+        tr = lang.strings(cfg.n_train, cfg.seed)
+        va = lang.strings(cfg.n_val, cfg.seed + VAL_SEED_OFFSET)
+    if cfg.test_lengths:
+        from ..config import parse_lengths
+
+        te = strings_per_length(lang, cfg.test_per_length, cfg.seed + TEST_SEED_OFFSET,
+                                parse_lengths(cfg.test_lengths, "--test-lengths"))
+    else:
+        te = lang.strings(cfg.n_test, cfg.seed + TEST_SEED_OFFSET)
     return Dataset(name, lang.spec, vocab, Ragged.from_strings(tr, vocab), Ragged.from_strings(va, vocab),
                    Ragged.from_strings(te, vocab), language=lang, train_strings=tr)
+
+
+def strings_in_lengths(lang: Language, n: int, seed: int, lengths: tuple[int, int]) -> list[str]:
+    """n strings from P(s | A <= |s| <= B): drawn from the process and kept when in range (exactly
+    the conditional distribution), or, when the range is rare, lengths drawn from the exact truncated
+    length distribution and a string drawn at each."""
+    import random
+
+    a, b = lengths
+    rng = random.Random(seed)
+    out: list[str] = []
+    draws = 0
+    while len(out) < n and draws < 20 * n + 1000:
+        s = lang.sample(rng)
+        draws += 1
+        if a <= len(lang.tokens(s)) <= b:
+            out.append(s)
+    if len(out) == n:
+        return out
+    pl = np.array([[r["length"], r["p_length"]] for r in length_table(lang, b) if r["length"] >= a])
+    if not len(pl):
+        raise UserError(f"{lang.spec} has no strings with lengths {a}-{b}; choose other lengths")
+    rs = np.random.default_rng(seed)
+    picks = rs.choice(pl[:, 0].astype(int), size=n, p=pl[:, 1] / pl[:, 1].sum())
+    return [lang.sample_length(rng, int(k)) for k in picks]
+
+
+def strings_per_length(lang: Language, per: int, seed: int, lengths: tuple[int, int]) -> list[str]:
+    """`per` strings drawn at each length C..D the language has (so rare lengths are tested too)."""
+    import random
+
+    rng = random.Random(seed)
+    have = [r["length"] for r in length_table(lang, lengths[1]) if r["length"] >= lengths[0] and r["p_length"] > 0]
+    if not have:
+        raise UserError(f"{lang.spec} has no strings with lengths {lengths[0]}-{lengths[1]}; choose other lengths")
+    return [lang.sample_length(rng, n) for n in have for _ in range(per)]
+
+
+def length_table(lang: Language, max_len: int) -> list[dict]:
+    """[{length, p_length}] up to max_len, without the per-length entropies when the language can skip
+    them."""
+    quick = getattr(lang, "length_probs", None)
+    if quick is not None:
+        p = quick(max_len)
+        return [{"length": n, "p_length": float(p[n])} for n in range(max_len + 1) if p[n] > 0]
+    return [{"length": r["length"], "p_length": r["p_length"]} for r in lang.by_length(max_len)]
 
 
 def _imdb_dataset(cfg: DataConfig, params: dict) -> Dataset:
@@ -184,7 +266,7 @@ def _text_dataset(cfg: DataConfig, params: dict) -> Dataset:
     one = lambda ids: Ragged(ids, np.array([0, len(ids)], np.int64))  # noqa: E731  the split as one sequence
     unit = "char" if cfg.char else "word"
     info = {"stream": {"train": sp.train, "val": sp.val, "test": sp.test}, "unit": unit,
-            "fractions": list(fractions), "cache": sp.cache, "n_docs": sp.n_docs,
+            "fractions": list(fractions), "cache": sp.cache, "n_docs": sp.n_docs, "content_hash": enc.content,
             "unigram_bits_per_token": sp.unigram_bits,
             "train_stream": lambda: {"train": sp.train, "val": sp.val, "framed": False, "unit": unit,
                                      "about": f"split {list(fractions)}, unigram {sp.unigram_bits:.3f} bits/{unit}"}}

@@ -88,6 +88,43 @@ class Brackets(Language):
         bits = -((em - 1.0) * math.log2(p) + em * math.log2(q))
         return Entropy(bits, 1.0 + steps + 1.0, exact=True)
 
+    def by_length(self, max_len: int) -> list[dict]:
+        """Length 2m: the Catalan(m - 1) strings '(' w ')' (w a Dyck word), each p^(m-1) q^m: uniform."""
+        out = []
+        lp, lq = math.log(self.p), math.log1p(-self.p)
+        for m in range(1, max_len // 2 + 1):
+            log_cat = math.lgamma(2 * m - 1) - math.lgamma(m) - math.lgamma(m + 1)
+            out.append({"length": 2 * m, "p_length": math.exp(log_cat + (m - 1) * lp + m * lq),
+                        "entropy_bits": log_cat / math.log(2), "exact": True, "stderr": 0.0})
+        return out
+
+    def sample_length(self, rng: random.Random, n: int) -> str:
+        """'(' + a uniform Dyck word of n - 2 symbols + ')': each step up with the share of the
+        completions that go up (ballot numbers, exact integers)."""
+        from ..errors import UserError
+
+        if n < 2 or n % 2:
+            raise UserError(f"brackets has no strings of length {n} (only even lengths >= 2)")
+
+        def paths(h: int, r: int) -> int:  # walks of r steps from height h to 0, never below 0
+            if h < 0 or h > r or (r - h) % 2:
+                return 0
+            k = (r - h) // 2
+            return math.comb(r, k) - (math.comb(r, k - 1) if k >= 1 else 0)
+
+        out, h, r = ["("], 0, n - 2
+        while r:
+            up = paths(h + 1, r - 1)
+            total = up + paths(h - 1, r - 1)
+            if rng.random() * total < up:
+                out.append("(")
+                h += 1
+            else:
+                out.append(")")
+                h -= 1
+            r -= 1
+        return "".join(out) + ")"
+
     def length_pmf(self, max_len: int):
         pmf = np.zeros(max_len + 1)
         lp, lq = math.log(self.p), math.log1p(-self.p)

@@ -88,6 +88,23 @@ class NDFA(Language):
         bits = -p * math.log2(p) + q * (math.log2(3) - math.log2(p)) - ek * math.log2(q)
         return Entropy(bits, 3.0 + 4.0 * ek, exact=True)
 
+    def by_length(self, max_len: int) -> list[dict]:
+        """'ss' (length 2), else 2 + 4k symbols: the three words repeated k times, equally likely."""
+        out = [{"length": 2, "p_length": self.p, "entropy_bits": 0.0, "exact": True, "stderr": 0.0}] if max_len >= 2 else []
+        k = 1
+        while 2 + 4 * k <= max_len:
+            out.append({"length": 2 + 4 * k, "p_length": self.p * (1 - self.p) ** k, "entropy_bits": math.log2(3),
+                        "exact": True, "stderr": 0.0})
+            k += 1
+        return out
+
+    def sample_length(self, rng: random.Random, n: int) -> str:
+        from ..errors import UserError
+
+        if n < 2 or (n - 2) % 4:
+            raise UserError(f"ndfa has no strings of length {n} (only 2 + 4k)")
+        return "s" + rng.choice(list(WORDS)) * ((n - 2) // 4) + "s"
+
     def length_pmf(self, max_len: int):
         pmf = np.zeros(max_len + 1)
         k = 0

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .base import LOG2E, Entropy, Language
+from .base import LOG2E, Entropy, Language, check_lengths, symbol_problem
 from .earley import Earley, OverBudget
 
 TOL = 1e-6
@@ -97,6 +97,9 @@ def parse_grammar(text: str, where: str) -> tuple[str, list[tuple[str, tuple[str
                 if it[0] in "'\"":
                     if len(it) < 3 or " " in it[1:-1]:
                         raise UserError(f"{where} line {no}: terminal {it} must be a non-empty token without spaces")
+                    bad = symbol_problem(it[1:-1])
+                    if bad:
+                        raise UserError(f"{where} line {no}: terminal {it} {bad}")
                     rhs.append(it[1:-1])
                 elif it.startswith("[") or it == "->":
                     raise UserError(f"{where} line {no}: misplaced {it!r} in {line!r}")
@@ -118,6 +121,27 @@ def expectation_matrix(rules) -> tuple[list[str], np.ndarray]:
             if x.startswith(_NT):
                 M[idx[l], idx[x]] += p
     return nts, M
+
+
+def length_moments(rules, start: str) -> tuple[float, float]:
+    """(mean, standard deviation) of the number of terminals a derivation from `start` yields: the
+    first two moments of a multi-type branching process, each a linear system in the expectation
+    matrix (so a near-critical recursion shows its heavy tail before anything is sampled)."""
+    nts, M = expectation_matrix(rules)
+    idx = {a: i for i, a in enumerate(nts)}
+    n = len(nts)
+    t = np.zeros(n)
+    for l, r, p, *_ in rules:
+        t[idx[l]] += p * sum(not x.startswith(_NT) for x in r)
+    A = np.eye(n) - M
+    m = np.linalg.solve(A, t)
+    c = np.zeros(n)
+    for l, r, p, *_ in rules:
+        mu = np.array([m[idx[x]] if x.startswith(_NT) else 1.0 for x in r])
+        c[idx[l]] += p * (sum(not x.startswith(_NT) for x in r) + mu.sum() ** 2 - (mu ** 2).sum())
+    s2 = np.linalg.solve(A, c)
+    mean = float(m[idx[start]])
+    return mean, float(np.sqrt(max(s2[idx[start]] - mean * mean, 0.0)))
 
 
 def _lse(x: np.ndarray, axis) -> np.ndarray:
@@ -166,6 +190,8 @@ class PCFG(Language):
         self.earley = Earley([(l, r) for l, r, _ in self.rules], self.start)
         self._build_inside()
         self._entropy = None
+        self._lt = None  # length tables, built on first use
+        self._unamb = None
 
     @property
     def spec(self) -> str:
@@ -215,14 +241,17 @@ class PCFG(Language):
         if rho >= 1 - 1e-9:
             raise UserError(f"{where}: the grammar does not terminate with probability 1 (spectral radius of its "
                             f"expectation matrix {rho:.6f} >= 1); lower the probabilities of recursive rules")
+        check_lengths(where, *length_moments(rules, start))
 
     # ---- sampling ----
     def sample(self, rng: random.Random) -> str:
         return self.render(self._derive(rng)[0])
 
-    def _derive(self, rng: random.Random) -> tuple[list[str], float]:
-        """(tokens, log probability of the derivation drawn); one rng.random() per expansion, leftmost first."""
-        out, stack, lp = [], [self._start_id], 0.0
+    def _derive(self, rng: random.Random, stack: list | None = None) -> tuple[list[str], float]:
+        """(tokens, log probability of the derivation drawn); one rng.random() per expansion, leftmost
+        first, from the start symbol (or from a given stack of reversed symbols)."""
+        out, lp = [], 0.0
+        stack = [self._start_id] if stack is None else stack
         table, rand, pop, push = self._sampler, rng.random, stack.pop, stack.extend
         while stack:
             x = pop()
@@ -380,21 +409,113 @@ class PCFG(Language):
             tokens += c[a] * sum(p * sum(not x.startswith(_NT) for x in r) for r, p in alts)
         return bits, tokens + 1.0
 
+    # ---- truth by length
+    def _tables(self, N: int):
+        from .lengths import GrammarTables
+
+        if self._lt is None or self._lt.N < N:
+            self._lt = GrammarTables(self.rules, self.start, max(N, 2 * self._lt.N if self._lt else N))
+        return self._lt
+
+    def unambiguous(self) -> bool:
+        """Proven unambiguous (left-factored, the grammar is LL(1)); False means not proven."""
+        if self._unamb is None:
+            from .lengths import ll1_after_left_factoring
+
+            self._unamb = ll1_after_left_factoring(self.rules, self.start)
+        return self._unamb
+
+    def by_length(self, max_len: int) -> list[dict]:
+        """P(|s| = n) exactly from the length tables; H(S | |S| = n) exactly from the derivation tables
+        when the grammar is proven unambiguous, else by enumeration or Monte-Carlo (base)."""
+        from .base import entropy_at_length
+
+        t = self._tables(max_len)
+        rng = random.Random(4321)
+        out = []
+        for n in range(max_len + 1):
+            z = t.p_length(n)
+            if z <= 0:
+                continue
+            if self.unambiguous():
+                h, exact, se = t.derivation_entropy_bits(n), True, 0.0
+            else:
+                h, exact, se = entropy_at_length(self, n, z, self.sample_length, rng)
+            out.append({"length": n, "p_length": z, "entropy_bits": h, "exact": exact, "stderr": se})
+        return out
+
+    def strings_of_length(self, n: int, cap: int) -> list[str] | None:
+        """Every string of length n in the language, or None when there are more than `cap`."""
+        got = self._tables(n).strings(n, cap)
+        return None if got is None else [self.render(t) for t in got]
+
+    def length_probs(self, max_len: int) -> np.ndarray:
+        t = self._tables(max_len)
+        return np.array([t.p_length(n) for n in range(max_len + 1)])
+
+    def sample_length(self, rng: random.Random, n: int) -> str:
+        t = self._tables(n)
+        if t.p_length(n) <= 0:
+            raise UserError(f"{self.spec} has no strings of length {n}")
+        return self.render(t.sample(rng, n))
+
+    # ---- entropy
     def entropy(self, n: int = 20_000, seed: int = 12345) -> Entropy:
+        """The floor. Exact (the derivation entropy) when the grammar is proven unambiguous; else a
+        Monte-Carlo estimate of H(S) from exact string probabilities, stratified by the start symbol's
+        rule (so a rule of probability 1e-4 still gets thousands of strings), with its standard error and
+        the derivation entropy as an upper bound."""
         if self._entropy is None:
-            rng = random.Random(seed)
-            draws = [self._derive(rng) for _ in range(n)]
-            strings = [self.render(t) for t, _ in draws]
-            lp = self.log_probs(strings, drawn=True)
-            dlp = np.array([d for _, d in draws])
             bits, tokens = self.derivation_entropy()
-            if np.allclose(lp, dlp, rtol=1e-9, atol=1e-9):
-                # No sampled string has a second derivation: string entropy = derivation entropy.
+            if self.unambiguous():
                 self._entropy = Entropy(bits, tokens, exact=True)
             else:
-                hb = -lp * LOG2E
-                toks = np.array([len(t) + 1 for t, _ in draws], float)
-                r = hb.mean() / toks.mean()
-                se = float(np.sqrt(np.var(hb - r * toks, ddof=1) / n) / toks.mean())
-                self._entropy = Entropy(float(hb.mean()), float(toks.mean()), False, se)
+                self._entropy = self._stratified_entropy(n, seed, bits, tokens)
         return self._entropy
+
+    # Strings up to this long are scored exactly (the inside pass is cubic); longer ones by a bound:
+    # P(s) <= P(|s| = n) from the length tables up to LENGTH_TABLE, beyond by P(|s| > LENGTH_TABLE).
+    EXACT_SCORE = 300
+    LENGTH_TABLE = 4000
+
+    def _stratified_entropy(self, n: int, seed: int, deriv_bits: float, tokens: float) -> Entropy:
+        from .base import MIN_PER_STRATUM, Progress, monte_carlo_n
+
+        rng = random.Random(seed)
+        n = monte_carlo_n(self, n)
+        roots = self._sampler[self._start_id][1]
+        cum = self._sampler[self._start_id][0]
+        probs = np.diff(np.concatenate([[0.0], np.minimum(cum, 1.0)]))
+        total_bits, var, bound, drawn = 0.0, 0.0, 0, 0
+        tick = Progress("the entropy floor: strings scored", n)
+        for k, (rhs, _) in enumerate(roots):
+            m = max(MIN_PER_STRATUM, int(round(n * probs[k])))
+            toks = [self._derive_from(rng, rhs) for _ in range(m)]
+            bits = self._bits(toks)
+            bound += sum(len(t) > self.EXACT_SCORE for t in toks)
+            drawn += m
+            total_bits += probs[k] * bits.mean()
+            var += probs[k] ** 2 * (bits.var(ddof=1) if m > 1 else 0.0) / m
+            tick(drawn)
+        return Entropy(total_bits, tokens, False, float(math.sqrt(var)) / tokens,
+                       upper_bits_per_token=deriv_bits / tokens, bound_share=bound / max(drawn, 1))
+
+    def _derive_from(self, rng: random.Random, root_rhs) -> list[str]:
+        """A derivation whose first expansion is the start symbol's rule with (reversed) `root_rhs`."""
+        return self._derive(rng, list(root_rhs))[0]
+
+    def _bits(self, toks: list[list[str]]) -> np.ndarray:
+        """-log2 P(s) of sampled strings: exact up to EXACT_SCORE tokens, a lower bound beyond."""
+        out = np.empty(len(toks))
+        short = [i for i, t in enumerate(toks) if len(t) <= self.EXACT_SCORE]
+        if short:
+            out[short] = -self.log_probs([self.render(toks[i]) for i in short], drawn=True) * LOG2E
+        long = [i for i, t in enumerate(toks) if len(t) > self.EXACT_SCORE]
+        if long:
+            t = self._tables(min(self.LENGTH_TABLE, max(len(toks[i]) for i in long)))
+            tail = max(1.0 - sum(t.p_length(k) for k in range(t.N + 1)), 1e-300)
+            for i in long:
+                L = len(toks[i])
+                p = t.p_length(L) if L <= t.N else tail
+                out[i] = -math.log2(max(p, 1e-300))
+        return out

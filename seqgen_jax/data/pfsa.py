@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .base import Entropy, Language, entropy_by_monte_carlo
+from .base import Entropy, Language, check_lengths, entropy_by_monte_carlo, symbol_problem
 
 TOL = 1e-6
 
@@ -38,6 +38,8 @@ class PFSA(Language):
         self.states = states
         idx = {q: i for i, q in enumerate(states)}
         start = doc.get("start", states[0])
+        if not isinstance(start, str):
+            raise UserError(f"{where}: \"start\" must be a state name (a string), not {json.dumps(start)[:40]}")
         if start not in idx:
             raise UserError(f"{where}: start state {start!r} is not among the states {states[:5]}")
         self.start = idx[start]
@@ -51,14 +53,19 @@ class PFSA(Language):
                 raise UserError(f"{where}: state {q!r} has final probability {f!r}; it must be a number in [0, 1]")
             final[idx[q]] = f
             total = float(f)
-            for a in body.get("arcs", []):
+            body_arcs = body.get("arcs", [])
+            if not isinstance(body_arcs, list):
+                raise UserError(f"{where}: state {q!r} has \"arcs\": {json.dumps(body_arcs)[:40]}; write a list of "
+                                "[symbol, target, probability] (or [] for none)")
+            for a in body_arcs:
                 if not (isinstance(a, list) and len(a) == 3 and isinstance(a[0], str) and a[0]
                         and isinstance(a[1], str) and _prob(a[2])):
                     raise UserError(f"{where}: state {q!r} has arc {a!r}; write [symbol, target, probability]")
                 if a[1] not in idx:
                     raise UserError(f"{where}: state {q!r} has an arc to undefined state {a[1]!r}")
-                if " " in a[0]:
-                    raise UserError(f"{where}: symbol {a[0]!r} contains a space; symbols are single tokens")
+                bad = symbol_problem(a[0])
+                if bad:
+                    raise UserError(f"{where}: state {q!r}: symbol {a[0]!r} {bad}")
                 arcs.append((idx[q], a[0], idx[a[1]], float(a[2])))
                 total += float(a[2])
             if abs(total - 1.0) > TOL:
@@ -79,6 +86,8 @@ class PFSA(Language):
         if not self.alphabet:
             raise UserError(f"{where}: the automaton has no arcs, so its only string is the empty one; add arcs")
         self.deterministic = all(len({x for x, _, _ in self.arcs[q]}) == len(self.arcs[q]) for q in range(S))
+        m, sd = self.length_moments()
+        check_lengths(where, m, sd)
 
     @property
     def spec(self) -> str:
@@ -158,6 +167,16 @@ class PFSA(Language):
         return self.prefix_table(prefix)[-1]
 
     # ---- entropy and lengths ----
+    def length_moments(self) -> tuple[float, float]:
+        """(mean, standard deviation) of the string length: absorption-time moments of the chain."""
+        S = len(self.states)
+        A = np.eye(S) - self.M
+        go = 1.0 - self.final  # probability of taking some arc
+        t = np.linalg.solve(A, go)  # E[length | at q]
+        s2 = np.linalg.solve(A, go + 2.0 * self.M @ t)  # E[length^2 | at q]
+        mean = float(t[self.start])
+        return mean, float(np.sqrt(max(s2[self.start] - mean * mean, 0.0)))
+
     def expected_visits(self) -> np.ndarray:
         e = np.zeros(len(self.states))
         e[self.start] = 1.0
@@ -175,6 +194,95 @@ class PFSA(Language):
             h[q] = -sum(p * math.log2(p) for p in ps if p > 0)
         # Deterministic: a string has one path, so the string entropy is the path entropy.
         return Entropy(float(v @ h), tokens, exact=True)
+
+    def _backward(self, N: int) -> tuple[np.ndarray, np.ndarray]:
+        """beta[n, q] = P(exactly n more symbols, then stop | at q) and w[n, q] = the sum over those
+        paths of P * -ln P (the path entropy mass)."""
+        S = len(self.states)
+        beta, w = np.zeros((N + 1, S)), np.zeros((N + 1, S))
+        beta[0] = self.final
+        with np.errstate(divide="ignore", invalid="ignore"):
+            w[0] = np.where(self.final > 0, -self.final * np.log(np.where(self.final > 0, self.final, 1.0)), 0.0)
+            logA = np.where(self.A > 0, np.log(np.where(self.A > 0, self.A, 1.0)), 0.0)
+        for n in range(1, N + 1):
+            beta[n] = np.einsum("xqr,r->q", self.A, beta[n - 1])
+            w[n] = np.einsum("xqr,r->q", self.A, w[n - 1]) + np.einsum("xqr,r->q", -self.A * logA, beta[n - 1])
+        return beta, w
+
+    def by_length(self, max_len: int) -> list[dict]:
+        """P(|s| = n) by the backward recursion; H(S | |S| = n) exact for a deterministic automaton (one
+        path per string: the path entropy given the length), else exact by enumeration while the
+        strings of a length are few, else Monte-Carlo from strings drawn at that length."""
+        from .base import entropy_at_length
+
+        beta, w = self._backward(max_len)
+        rng = random.Random(4321)
+        out = []
+        for n in range(max_len + 1):
+            z = float(beta[n, self.start])
+            if z <= 0:
+                continue
+            if self.deterministic:
+                h, exact, se = max(0.0, (float(w[n, self.start]) / z + math.log(z)) / math.log(2)), True, 0.0
+            else:
+                h, exact, se = entropy_at_length(self, n, z, self.sample_length, rng)
+            out.append({"length": n, "p_length": z, "entropy_bits": h, "exact": exact, "stderr": se})
+        return out
+
+    def strings_of_length(self, n: int, cap: int) -> list[str] | None:
+        """Every string of length n the automaton accepts, or None when there are more than `cap`: a
+        depth-first walk over symbols carrying the set of states still alive, pruned where no state
+        can finish in the symbols left."""
+        beta = self._beta_table(n)
+        out: list[str] = []
+        syms = self.alphabet
+
+        def walk(alive: np.ndarray, left: int, prefix: list[str]) -> None:
+            if left == 0:
+                if (alive * self.final).sum() > 0:
+                    out.append(self.render(prefix))
+                    if len(out) > cap:
+                        raise OverflowError
+                return
+            for x in syms:
+                nxt = alive @ self.A[self.sym[x]]
+                if (nxt * beta[left - 1]).sum() > 0:
+                    walk(nxt, left - 1, prefix + [x])
+
+        start = np.zeros(len(self.states))
+        start[self.start] = 1.0
+        try:
+            walk(start, n, [])
+        except OverflowError:
+            return None
+        return out
+
+    def length_probs(self, max_len: int) -> np.ndarray:
+        return self._beta_table(max_len)[: max_len + 1, self.start].copy()
+
+    def sample_length(self, rng: random.Random, n: int) -> str:
+        """A string from P(s | |s| = n): each arc chosen in proportion to p * beta[remaining - 1, target]."""
+        beta = self._beta_table(n)
+        if beta[n, self.start] <= 0:
+            raise UserError(f"{self.spec} has no strings of length {n}")
+        q, out = self.start, []
+        for k in range(n, 0, -1):
+            arcs = self.arcs[q]
+            weights = [p * beta[k - 1, r] for _, r, p in arcs]
+            u = rng.random() * sum(weights)
+            for (x, r, _), wgt in zip(arcs, weights):
+                if u < wgt:
+                    break
+                u -= wgt
+            out.append(x)
+            q = r
+        return self.render(out)
+
+    def _beta_table(self, n: int) -> np.ndarray:
+        cur = getattr(self, "_beta", None)
+        if cur is None or len(cur) <= n:
+            self._beta = self._backward(max(n, 2 * (len(cur) if cur is not None else 0)))[0]
+        return self._beta
 
     def length_pmf(self, max_len: int) -> tuple[np.ndarray, bool]:
         pmf = np.zeros(max_len + 1)

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import UserError
 from .vocab import END_ID, SPECIALS, UNK_ID, Vocab
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: meta.json holds a checksum of ids.npy
 
 
 def parse_split(text: str) -> tuple[float, float, float]:
@@ -42,6 +42,9 @@ def resolve_files(path: str) -> list[Path]:
     p = Path(os.path.expanduser(path))
     if p.is_file():
         return [p]
+    if p.exists() and not p.is_dir():
+        raise UserError(f"text:{path} is not a regular file (a device, a pipe or a socket); give a UTF-8 text file, "
+                        "a folder of *.txt files or a glob")
     if p.is_dir():
         files = sorted(q for q in p.rglob("*.txt") if q.is_file())
         if not files:
@@ -58,7 +61,8 @@ def resolve_files(path: str) -> list[Path]:
 
 def _decode(f: Path, raw: bytes) -> str:
     try:
-        return raw.decode("utf-8")
+        # A byte-order mark is an encoding artefact, not a symbol of the corpus (Python's utf-8-sig).
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise UserError(f"{f} is not UTF-8 text (byte {e.start}: {e.reason}); convert it, e.g. "
                         f"iconv -f latin1 -t utf-8") from None
@@ -76,6 +80,7 @@ class Encoded:
     symbols: list[str]  # raw id i + 4 -> symbol
     n_docs: int
     key: str
+    content: str = ""  # sha256 of the files' bytes (not of the encoding): what config.json records
 
 
 def counts(ids: np.ndarray, n: int) -> np.ndarray:
@@ -134,6 +139,7 @@ def _join(parts: list[np.ndarray], n_symbols: int) -> np.ndarray:
 def encode_corpus(path: str, unit: str = "char", use_cache: bool = True) -> Encoded:
     files = resolve_files(path)
     h = hashlib.sha256(f"v{CACHE_VERSION} {unit} {len(files)}".encode())
+    content = hashlib.sha256(f"{len(files)}".encode())
     raws = []
     for f in files:
         try:
@@ -141,50 +147,90 @@ def encode_corpus(path: str, unit: str = "char", use_cache: bool = True) -> Enco
         except OSError as e:
             raise UserError(f"cannot read {f}: {e.strerror or e}") from None
         raws.append(raw)
-        h.update(len(raw).to_bytes(8, "little"))
-        h.update(raw)
+        for d in (h, content):
+            d.update(len(raw).to_bytes(8, "little"))
+            d.update(raw)
     key = h.hexdigest()[:24]
+    digest = content.hexdigest()[:24]
     cache = cache_root() / key
     if use_cache:
         hit = _load_cache(cache)
         if hit is not None:
+            hit.content = digest
             return hit
     texts = [_decode(f, raw) for f, raw in zip(files, raws)]
     del raws
     if not any(t.strip() for t in texts):
         raise UserError(f"text:{path} holds no text")
     ids, symbols = (_encode_chars if unit == "char" else _encode_words)(texts)
-    enc = Encoded(ids, symbols, len(files), key)
+    enc = Encoded(ids, symbols, len(files), key, digest)
     if use_cache:
         _save_cache(cache, enc)
     return enc
+
+
+def checksum(ids: np.ndarray) -> int:
+    """CRC-32 of the array's bytes, in 16 MB pieces (a memory-mapped array is never copied whole)."""
+    import zlib
+
+    crc, flat = 0, ids.reshape(-1)
+    step = max(1, (16 << 20) // max(flat.itemsize, 1))
+    for i in range(0, len(flat), step):
+        crc = zlib.crc32(np.ascontiguousarray(flat[i:i + step]).tobytes(), crc)
+    return crc
+
+
+def _remove_orphans(path: Path) -> None:
+    """Temporary arrays of cache builds whose process is gone (killed mid-build)."""
+    for tmp in path.glob(".ids-*.npy"):
+        try:
+            pid = int(tmp.name[5:-4])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (ValueError, PermissionError, OSError):
+            pass  # not ours to judge: a name we did not write, or another user's live process
 
 
 def _save_cache(path: Path, enc: Encoded) -> None:
     """Arrays first, then meta.json by rename: a cache without meta.json is never read."""
     try:
         path.mkdir(parents=True, exist_ok=True)
+        _remove_orphans(path)
         tmp = path / f".ids-{os.getpid()}.npy"
         np.save(tmp, enc.ids)
         os.replace(tmp, path / "ids.npy")
         from ..io import atomic_write_text
 
         atomic_write_text(path / "meta.json", json.dumps({"version": CACHE_VERSION, "symbols": enc.symbols,
-                                                          "n_docs": enc.n_docs, "n": int(len(enc.ids))},
-                                                         ensure_ascii=False))
+                                                          "n_docs": enc.n_docs, "n": int(len(enc.ids)),
+                                                          "crc32": checksum(enc.ids)}, ensure_ascii=False))
     except OSError:
         pass  # a read-only or full cache folder only costs the next run an encode
 
 
 def _load_cache(path: Path) -> Encoded | None:
+    """The cached stream, verified (length, ids below the symbol count, checksum); None if missing, and
+    a warning and None (so it is rebuilt) if damaged."""
+    if not (path / "meta.json").exists():
+        return None
     try:
         meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
         ids = np.load(path / "ids.npy", mmap_mode="r")
-        if meta.get("version") != CACHE_VERSION or len(ids) != meta["n"] or ids.ndim != 1:
-            return None
-        return Encoded(ids, list(meta["symbols"]), int(meta["n_docs"]), path.name)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # missing or damaged: encode again and rewrite it
+        if meta.get("version") != CACHE_VERSION:
+            return None  # an older layout: rebuilt without a fuss
+        symbols = list(meta["symbols"])
+        ok = (ids.ndim == 1 and len(ids) == meta["n"] and all(isinstance(x, str) for x in symbols)
+              and (len(ids) == 0 or int(ids.max()) < len(symbols) + len(SPECIALS))
+              and checksum(ids) == meta["crc32"])
+        if ok:
+            return Encoded(ids, symbols, int(meta["n_docs"]), path.name)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    import sys
+
+    print(f"warning: the text cache {path} is damaged; rebuilding it", file=sys.stderr)
+    return None
 
 
 @dataclass

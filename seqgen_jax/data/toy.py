@@ -161,6 +161,52 @@ class Toy(Language):
                 start = i + 1
         return out
 
+    # ---- truth by length (in characters, the model's symbols) ----
+    def _char_tables(self, N: int):
+        """Length tables of the grammar over characters: each word its letters, a space between the
+        items of a rule (every item is at least one word, so that is the string's spacing)."""
+        from .lengths import _NT, GrammarTables
+
+        if getattr(self, "_lt", None) is None or self._lt.N < N:
+            rules = []
+            for nt, rhss in self.rules.items():
+                for rhs in rhss:
+                    items = []
+                    for j, x in enumerate(rhs):
+                        if j:
+                            items.append(" ")
+                        items += [_NT + x] if x in self.rules else list(x)
+                    rules.append((_NT + nt, tuple(items), 1.0 / len(rhss)))
+            self._lt = GrammarTables(rules, _NT + _START, max(N, 2 * getattr(getattr(self, "_lt", None), "N", 0)))
+        return self._lt
+
+    def by_length(self, max_len: int) -> list[dict]:
+        """P(|s| = n) exact from the length tables; H(S | |S| = n) Monte-Carlo (the grammar is
+        ambiguous), from strings drawn at that length and scored by the inside algorithm."""
+        from .base import entropy_at_length
+
+        t = self._char_tables(max_len)
+        rng = random.Random(4321)
+        out = []
+        for n in range(max_len + 1):
+            z = t.p_length(n)
+            if z > 0:
+                h, exact, se = entropy_at_length(self, n, z, self.sample_length, rng)
+                out.append({"length": n, "p_length": z, "entropy_bits": h, "exact": exact, "stderr": se})
+        return out
+
+    def length_probs(self, max_len: int) -> np.ndarray:
+        t = self._char_tables(max_len)
+        return np.array([t.p_length(n) for n in range(max_len + 1)])
+
+    def sample_length(self, rng: random.Random, n: int) -> str:
+        from ..errors import UserError
+
+        t = self._char_tables(n)
+        if t.p_length(n) <= 0:
+            raise UserError(f"toy has no strings of {n} characters")
+        return "".join(t.sample(rng, n))
+
     # ---- entropy ----
     def _expected_counts(self) -> dict[str, float]:
         """Expected number of occurrences of every symbol per string: c = e_start + c M."""

@@ -24,6 +24,7 @@ class Backend:
     precisions: tuple[str, ...]
     takes_unroll: bool  # whether ModelConfig.unroll means anything to it
     dropout: bool  # supports dropout between layers
+    resets: bool  # supports zeroing the state inside a sequence (the packed feed)
     note: str
     recurrence: Callable | None = None
     layer: Callable | None = None
@@ -48,12 +49,12 @@ def _cudnn_layer(*a, **k):
 
 
 BACKENDS: dict[str, Backend] = {
-    "scan": Backend("scan", ("cpu", "gpu", "cuda", "rocm", "tpu"), ("fp32", "bf16"), True, True,
+    "scan": Backend("scan", ("cpu", "gpu", "cuda", "rocm", "tpu"), ("fp32", "bf16"), True, True, True,
                     "lax.scan with a hand-written VJP; the default everywhere", recurrence=_scan_recurrence),
-    "pallas": Backend("pallas", ("gpu", "cuda", "cpu"), ("fp32", "bf16"), False, True,
+    "pallas": Backend("pallas", ("gpu", "cuda", "cpu"), ("fp32", "bf16"), False, True, False,
                       "persistent Pallas (Triton) kernel, loop over time inside one launch; on CPU it runs "
                       "in interpret mode, for checks only", recurrence=_pallas_recurrence),
-    "cudnn": Backend("cudnn", ("gpu", "cuda"), ("fp32",), False, True,
+    "cudnn": Backend("cudnn", ("gpu", "cuda"), ("fp32",), False, True, False,
                      "cuDNN through jax.experimental.rnn; NVIDIA GPUs, fp32", layer=_cudnn_layer),
 }
 NAMES = ("auto",) + tuple(BACKENDS)
@@ -75,10 +76,10 @@ AUTO_UNROLL = {"cpu": 1, "gpu": 8, "cuda": 8, "rocm": 8, "tpu": 8}
 
 
 def auto_backend(plat: str, *, hidden: int | None = None, steps: int | None = None, dropout: float = 0.0,
-                 devices: int | None = None) -> str:
+                 devices: int | None = None, resets: bool = False) -> str:
     """What `--backend auto` runs for a layer of `hidden` units over `steps` time steps on `plat`."""
     rule = AUTO_PALLAS.get(plat)
-    if rule and hidden is not None and steps is not None and dropout == 0.0:
+    if rule and hidden is not None and steps is not None and dropout == 0.0 and not resets:
         if devices is None:
             import jax
 
@@ -102,14 +103,14 @@ def platform() -> str:
 
 def resolve(backend: str, *, precision: str = "fp32", unroll: int = 0, dropout: float = 0.0,
             platform_name: str | None = None, hidden: int | None = None, steps: int | None = None,
-            devices: int | None = None) -> Resolved:
+            devices: int | None = None, resets: bool = False) -> Resolved:
     """The backend and unroll that run a model on `platform_name` (default: JAX's default backend).
 
     `hidden` and `steps` (the layer's width and the sequence's static length) let `auto` pick by
     shape; without them it picks the platform's default. Refuses what a backend cannot do rather
     than ignoring it."""
     plat = platform_name or platform()
-    name = (auto_backend(plat, hidden=hidden, steps=steps, dropout=dropout, devices=devices)
+    name = (auto_backend(plat, hidden=hidden, steps=steps, dropout=dropout, devices=devices, resets=resets)
             if backend == "auto" else backend)
     if name not in BACKENDS:
         raise UserError(f"--backend {backend!r} is not one of {', '.join(NAMES)}")
@@ -124,6 +125,9 @@ def resolve(backend: str, *, precision: str = "fp32", unroll: int = 0, dropout: 
                         "leave --unroll at 0")
     if dropout > 0 and not b.dropout:
         raise UserError(f"--backend {name} does not support --dropout")
+    if resets and not b.resets:
+        raise UserError(f"--backend {name} cannot reset the state inside a row, which --feed packed needs; use "
+                        "--backend scan (or auto) with --feed packed, or --feed bucket with this backend")
     u = unroll if unroll > 0 else AUTO_UNROLL.get(plat, 1)
     return Resolved(b, u if b.takes_unroll else 1)
 

@@ -3,7 +3,9 @@
 Contract shared with the other recurrence backends: `recurrence(gx, w_hh, h0, c0, lengths=None, *,
 unroll, dtype) -> (hs, c_T)`, with gx (T, B, 4H) = x @ w_ih + b (unscaled), w_hh (H, 4H), h0/c0 (B, H),
 gate order (i, f, g, o). With `lengths` (B,), steps t >= lengths[b] leave row b's state untouched
-(hs[t] repeats the last valid h and c_T is the state at the row's end).
+(hs[t] repeats the last valid h and c_T is the state at the row's end). With `resets` (T, B) bool, row
+b's state is set to zero before step t wherever resets[t, b] (the packed feed: a new string starts
+there), so no information and no gradient crosses that boundary.
 """
 from __future__ import annotations
 
@@ -32,21 +34,23 @@ _GATE_DERIV = (0.5, 0.5, 1.0, 0.5)
 
 
 @functools.lru_cache(maxsize=None)
-def _recurrence(unroll: int, dtype, masked: bool):
+def _recurrence(unroll: int, dtype, masked: bool, reset: bool = False):
     """hs (T, B, H), c_T = recurrence(gx (T, B, 4H), w_s (H, 4H), h0, c0, lengths) with a hand-written VJP.
 
     gx and w_s are already gate-scaled (`_gate_scale`). Scan's own transpose accumulates dW_hh with an
     (H, B) x (B, 4H) matmul inside every backward step; here the backward loop only propagates dh
     through W_hh and stores the gate gradients, and the weight gradient is one (H, T*B) x (T*B, 4H)
     matmul after the loop (benchmarks/NOTES.md). `masked` is static so the unmasked loop (the training
-    default) carries no select."""
+    default) carries no select; so is `reset`."""
 
-    def fwd_loop(gx, w_s, h0, c0, lengths):
+    def fwd_loop(gx, w_s, h0, c0, lengths, resets):
         H = h0.shape[-1]
 
         def step(carry, xs):
             h, c = carry
-            g_t, t_idx = xs if masked else (xs, None)
+            g_t, t_idx, r_t = xs
+            if reset:
+                h, c = jnp.where(r_t[:, None], 0.0, h), jnp.where(r_t[:, None], 0.0, c)
             t = jnp.tanh(g_t + dot(h, w_s, dtype))  # (B, 4H)
             i, f, o = 0.5 * t[:, :H] + 0.5, 0.5 * t[:, H:2 * H] + 0.5, 0.5 * t[:, 3 * H:] + 0.5
             c_new = f * c + i * t[:, 2 * H:3 * H]
@@ -57,32 +61,36 @@ def _recurrence(unroll: int, dtype, masked: bool):
             return (h_new, c_new), (h_new, c_new, t)
 
         T = gx.shape[0]
-        # The step index rides along only when masking needs it: the unmasked loop is the plain graph.
-        xs = (gx, jnp.arange(T)) if masked else gx
+        # The step index and reset flags ride along only when needed: the default loop is the plain graph.
+        xs = (gx, jnp.arange(T) if masked else None, resets if reset else None)
         _, (hs, cs, ts) = jax.lax.scan(step, (h0, c0), xs, unroll=max(1, min(unroll, T)))
         return hs, cs, ts
 
     @jax.custom_vjp
-    def recurrence(gx, w_s, h0, c0, lengths):
-        hs, cs, _ = fwd_loop(gx, w_s, h0, c0, lengths)
+    def recurrence(gx, w_s, h0, c0, lengths, resets):
+        hs, cs, _ = fwd_loop(gx, w_s, h0, c0, lengths, resets)
         return hs, cs[-1]
 
-    def rec_fwd(gx, w_s, h0, c0, lengths):
-        hs, cs, ts = fwd_loop(gx, w_s, h0, c0, lengths)
-        return (hs, cs[-1]), (w_s, h0, c0, hs, cs, ts, lengths)
+    def rec_fwd(gx, w_s, h0, c0, lengths, resets):
+        hs, cs, ts = fwd_loop(gx, w_s, h0, c0, lengths, resets)
+        return (hs, cs[-1]), (w_s, h0, c0, hs, cs, ts, lengths, resets)
 
     def rec_bwd(res, cot):
-        w_s, h0, c0, hs, cs, ts, lengths = res
+        w_s, h0, c0, hs, cs, ts, lengths, resets = res
         d_hs, d_cT = cot
         H = h0.shape[-1]
         T = hs.shape[0]
         c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # (T, B, H)
+        h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # (T, B, H)
+        if reset:  # the state each step really started from
+            c_prev = jnp.where(resets[..., None], 0.0, c_prev)
+            h_prev = jnp.where(resets[..., None], 0.0, h_prev)
         w_t = w_s.T
         q0, q1, q2, q3 = _GATE_DERIV
 
         def step(carry, xs):
             dh_next, dc_next = carry
-            dh_out, t, c, cp, t_idx = xs if masked else (*xs, None)
+            dh_out, t, c, cp, t_idx, r_t = xs
             t0, t1, t2, t3 = t[:, :H], t[:, H:2 * H], t[:, 2 * H:3 * H], t[:, 3 * H:]
             dh_tot = dh_out + dh_next
             if masked:
@@ -103,23 +111,27 @@ def _recurrence(unroll: int, dtype, masked: bool):
             if masked:
                 dh_prev = dh_prev + jnp.where(m, 0.0, dh_tot)
                 dc_prev = jnp.where(m, dc_prev, dc_next)
+            if reset:  # a reset step started from zeros: nothing flows back past it
+                dh_prev = jnp.where(r_t[:, None], 0.0, dh_prev)
+                dc_prev = jnp.where(r_t[:, None], 0.0, dc_prev)
             return (dh_prev, dc_prev), dg
 
-        xs = (d_hs, ts, cs, c_prev) + ((jnp.arange(T),) if masked else ())
+        xs = (d_hs, ts, cs, c_prev, jnp.arange(T) if masked else None, resets if reset else None)
         (dh0, dc0), dgs = jax.lax.scan(step, (jnp.zeros_like(h0), d_cT), xs, reverse=True,
                                        unroll=max(1, min(unroll, T)))
-        h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # (T, B, H)
         B = hs.shape[1]
         d_w = dot(h_prev.reshape(T * B, H).T, dgs.reshape(T * B, 4 * H), dtype)
-        return dgs, d_w.astype(w_s.dtype), dh0, dc0, None
+        return dgs, d_w.astype(w_s.dtype), dh0, dc0, None, None
 
     recurrence.defvjp(rec_fwd, rec_bwd)
     return recurrence
 
 
-def recurrence(gx, w_hh, h0, c0, lengths=None, *, unroll: int = 1, dtype=jnp.float32):
+def recurrence(gx, w_hh, h0, c0, lengths=None, *, unroll: int = 1, dtype=jnp.float32, resets=None):
     """See the module docstring: -> hs (T, B, H), c_T (B, H)."""
     scale = _gate_scale(h0.shape[-1])
     masked = lengths is not None
     lens = jnp.asarray(lengths if masked else jnp.zeros((h0.shape[0],)), jnp.int32)
-    return _recurrence(int(unroll), jnp.dtype(dtype), masked)(gx * scale, w_hh * scale, h0, c0, lens)
+    reset = resets is not None
+    rs = jnp.asarray(resets, bool) if reset else jnp.zeros((1,), bool)
+    return _recurrence(int(unroll), jnp.dtype(dtype), masked, reset)(gx * scale, w_hh * scale, h0, c0, lens, rs)
