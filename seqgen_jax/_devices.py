@@ -8,10 +8,11 @@ own rows: 2.5-2.8 M tokens/s against 1.1-2.3 M on the (32, 16) benchmark rows, a
 1.4 M tokens/s over a brackets epoch on 2 cores (benchmarks/NOTES.md). The flags only change host
 devices; on a GPU machine the GPUs stay the default devices.
 
-Wide layers are the exception: at H = 512 two devices in one process slow each other down (each
-device's matmuls spread over both cores), and one device with Eigen's threads off ran the IMDb train
-step at 11.6 k tokens/s against 8.8 k (benchmarks/NOTES.md, attempt 29). `seqgen train` therefore
-calls `prefer_one_device_for(hidden)` once the model is known, before JAX starts its backend.
+Wider layers are the exception: from H = 128 one device running K steps per program with XLA's
+own threads beat the per-core devices on the packed feed (2 cores, brackets epochs, interleaved:
+H = 128 181 k against 146 k tokens/s, H = 300 54 k against 43 k; at H = 64 the per-core devices
+won, 569 k against 404 k; benchmarks/NOTES.md, "CPU layout by width"). `train()` therefore calls
+`prefer_one_device_for(hidden)` once the model is known, before JAX starts its backend.
 
 SEQGEN_CPU_DEVICES=N overrides the count (1 turns it off) and switches off the choice by width; an
 XLA_FLAGS that already sets --xla_force_host_platform_device_count is left alone. None of this has
@@ -25,9 +26,8 @@ from pathlib import Path
 _FLAG = "--xla_force_host_platform_device_count"
 _EIGEN_OFF = "--xla_cpu_multi_thread_eigen=false"
 MAX_DEFAULT = 8  # more devices than this split a 10k-token batch into slivers
-# From this width on, one device beat one device per core (NOTES attempt 29: H = 512 lead beyond the
-# spread; H = 384 per-core ahead within it).
-ONE_DEVICE_FROM_HIDDEN = 512
+# From this width on, one device beat one device per core (see the module docstring).
+ONE_DEVICE_FROM_HIDDEN = 128
 _state = {"user_flags": None, "auto": False}
 
 
@@ -66,15 +66,12 @@ def _backend_started() -> bool:
 
 
 def prefer_one_device_for(hidden: int) -> bool:
-    """One XLA:CPU device (Eigen's threads off) instead of one per core, for layers of `hidden` units
-    or more, where the layout was chosen by default and JAX's backend has not started. Returns whether
-    it switched."""
+    """One XLA:CPU device using every core instead of one device per core, for layers of `hidden`
+    units or more, where the layout was chosen by default and JAX's backend has not started. Returns
+    whether it switched."""
     if not _state["auto"] or hidden < ONE_DEVICE_FROM_HIDDEN or default_count() == 1 or _backend_started():
         return False
-    flags = _state["user_flags"] or ""
-    if "xla_cpu_multi_thread_eigen" not in flags:
-        flags = f"{flags} {_EIGEN_OFF}"
-    os.environ["XLA_FLAGS"] = flags.strip()
+    os.environ["XLA_FLAGS"] = (_state["user_flags"] or "").strip()
     _state["auto"] = False
     return True
 

@@ -235,13 +235,15 @@ class BucketedSplit:
 
 # ---------------------------------------------------------------- the bucket feed
 class BucketFeed:
-    """`--feed bucket` (feeds.py): an epoch is the split's batches in blocks of up to K steps of one
-    bucket (one static shape per block, so one compilation per bucket), the blocks in a random order.
+    """`--feed bucket` (feeds.py): the course's batching. Every epoch each bucket's rows are shuffled
+    into batches and all batches are taken in a random order, one step per device call (a block of
+    one: the shape changes from step to step; grouping a bucket's batches into runs of K steps, tried
+    first, put up to K batches of one length in a row and cost the brackets preset most of its
+    accuracy, benchmarks/NOTES.md).
 
-    The order of the blocks (which bucket comes when) depends on the data seed and the epoch; the rows
-    in each bucket are shuffled by the run's own seed. So the members of a sweep with other seeds take
-    the same shapes at the same step and train together as one program, each on its own order of
-    strings, exactly as each would alone."""
+    Which bucket comes at which step depends on the data seed and the epoch; the rows in each batch on
+    the run's own seed. So the members of a sweep with other seeds take the same shape at the same
+    step and train together as one program, each on its own order of strings, exactly as alone."""
 
     kind = "bucket"
 
@@ -251,7 +253,7 @@ class BucketFeed:
         self.split = BucketedSplit.build(ds.train, cfg.train.max_tokens, cfg.train.max_buckets, placement,
                                          cfg.data.chunk)
         self.plan = self.split.plan
-        self.place, self.K, self.data_seed = placement, K, cfg.data.seed
+        self.place, self.K, self.data_seed = placement, 1, cfg.data.seed
         self.seeds = list(seeds) if seeds is not None else [cfg.train.seed]
         self.members = len(self.seeds)
         self.spec = StepSpec()
@@ -259,7 +261,7 @@ class BucketFeed:
         self.tokens_per_epoch = self.split.n_tokens
 
     def describe(self) -> str:
-        return f"bucket feed: {self.plan.describe()}; {self.K} steps per call"
+        return f"bucket feed: {self.plan.describe()}"
 
     def init_carry(self):
         return None
@@ -270,17 +272,11 @@ class BucketFeed:
     def first_step(self, epoch: int) -> np.ndarray:
         return np.full(self.members, epoch * self.steps_per_epoch)
 
-    def _k(self, b: int) -> int:
-        return max(1, min(self.K, self._batches(b)))
-
-    def _batches(self, b: int) -> int:
-        return -(-len(self.split.members[b]) // self.plan.buckets[b].batch)
-
-    def _epoch(self, epoch: int) -> list[tuple[int, int]]:
-        """[(bucket, first batch of the block)] in the epoch's order: data seed and epoch only."""
-        blocks = [(b, j) for b in range(len(self.plan.buckets)) for j in range(0, self._batches(b), self._k(b))]
-        order = np.random.default_rng([self.data_seed, epoch, 1]).permutation(len(blocks))
-        return [blocks[i] for i in order]
+    def _order(self, epoch: int) -> np.ndarray:
+        """The bucket of each step of the epoch: the data seed's shuffle of every bucket's batches."""
+        counts = [-(-len(m) // bk.batch) for m, bk in zip(self.split.members, self.plan.buckets)]
+        which = np.repeat(np.arange(len(counts)), counts)
+        return which[np.random.default_rng([self.data_seed, epoch, 1]).permutation(len(which))]
 
     def _batches_of(self, seed: int, epoch: int) -> list[np.ndarray]:
         """Per bucket, (batches, batch) row positions in this run's shuffled order; the last batch filled
@@ -297,29 +293,23 @@ class BucketFeed:
         from .feeds import Block
 
         per_member = [self._batches_of(s, epoch) for s in self.seeds]
-        pos = 0
-        for b, j in self._epoch(epoch):
-            kb, bk, n_b = self._k(b), self.plan.buckets[b], len(self.split.members[b])
-            n = min(kb, self._batches(b) - j)
-            if pos + n <= start:
-                pos += n
+        taken = np.zeros(len(self.plan.buckets), int)
+        live = np.ones((self.members, 1), bool)
+        for pos, b in enumerate(self._order(epoch)):
+            j = taken[b]
+            taken[b] += 1
+            if pos < start:
                 continue
-            live = (np.arange(kb) < n) & (pos + np.arange(kb) >= start)
-            idx = np.full((self.members, kb, bk.batch), n_b, np.int32)
-            tokens = np.zeros(self.members, np.int64)
-            for m, batches in enumerate(per_member):
-                idx[m, :n] = batches[b][j:j + n]
-                tokens[m] = sum(self.split.real_tokens(b, row) for row, alive in zip(idx[m], live) if alive)
-            xs, lv = self.place.put_block(self.place.pad_idx(idx, n_b), np.broadcast_to(live, (self.members, kb)),
-                                          members=self.members > 1)
-            yield Block(self.split.data[b], xs, lv, np.broadcast_to(live, (self.members, kb)).copy(), pos, tokens)
-            pos += n
+            n_b = len(self.split.members[b])
+            idx = np.stack([batches[b][j] for batches in per_member])[:, None, :]  # (M, 1, batch)
+            tokens = np.array([self.split.real_tokens(b, row[0]) for row in idx])
+            xs, lv = self.place.put_block(self.place.pad_idx(idx, n_b), live, members=self.members > 1)
+            yield Block(self.split.data[b], xs, lv, live.copy(), pos, tokens)
 
     def examples(self, state) -> list:
         out = []
         for b, bk in enumerate(self.plan.buckets):
-            kb = self._k(b)
-            idx = self.place.pad_idx(np.zeros((self.members, kb, bk.batch), np.int32), 0)
-            xs, lv = self.place.put_block(idx, np.zeros((self.members, kb), bool), members=self.members > 1)
+            idx = self.place.pad_idx(np.zeros((self.members, 1, bk.batch), np.int32), 0)
+            xs, lv = self.place.put_block(idx, np.ones((self.members, 1), bool), members=self.members > 1)
             out.append((state, self.split.data[b], xs, lv))
         return out

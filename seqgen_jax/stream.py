@@ -75,27 +75,38 @@ def stream_matrix(ids: np.ndarray, B: int, cols: int) -> np.ndarray:
     return out.reshape(B, cols)
 
 
-def assign_rows(lens: np.ndarray, B: int) -> tuple[np.ndarray, np.ndarray]:
-    """(row of each string, tokens of each row) for framed strings of `lens` laid end to end: a string
-    goes to the row its midpoint falls in, so every row holds about sum / B tokens, never more than
-    that plus the longest string."""
-    ends = np.cumsum(lens)
-    total = int(ends[-1]) if len(ends) else 0
-    row = np.minimum(((ends - lens / 2) * B // max(total, 1)).astype(np.int64), B - 1)
+def assign_rows(lens: np.ndarray, B: int, rank: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(row of each string, tokens of each row) for framed strings of `lens`: longest first, each to
+    the row that holds the fewest tokens so far (LPT), so the rows end within a short string of each
+    other and of max(sum / B, the longest string). Strings of equal length are taken in `rank` order
+    (the epoch's random order); the rows' loads do not depend on it, so every epoch has as many steps."""
+    import heapq
+
+    n = len(lens)
+    rank = np.arange(n) if rank is None else rank
+    order = np.lexsort((rank, -lens))
+    heap = [(0, r) for r in range(B)]
+    row = np.empty(n, np.int64)
+    for i in order:
+        load, r = heapq.heappop(heap)
+        row[i] = r
+        heapq.heappush(heap, (load + int(lens[i]), r))
     return row, np.bincount(row, weights=lens, minlength=B).astype(np.int64)
 
 
-def pack_rows(seqs: Ragged, order: np.ndarray, B: int, width: int) -> tuple[np.ndarray, int]:
-    """Strings `order` of `seqs`, each framed `.start ... .end`, laid end to end into B rows of
-    `width` columns: whole strings to a row, the rows filled to about equal length, padding after.
-    Returns (matrix (B, width) int32, the longest row's length)."""
-    lens = seqs.lengths[order] + 2
-    ends = np.cumsum(lens)
-    total = int(ends[-1]) if len(ends) else 0
-    row, row_len = assign_rows(lens, B)
-    flat = seqs.framed(order)
-    first = np.searchsorted(row, np.arange(B), side="left")  # first string of each row
-    row_start = np.concatenate([[0], ends])[first]  # its offset in the framed stream
+def pack_rows(seqs: Ragged, order: np.ndarray, B: int, width: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """The strings of `seqs`, each framed `.start ... .end`, laid end to end into B rows of `width`
+    columns: whole strings to a row (`assign_rows`), each row's strings in the epoch's random `order`,
+    padding after. Returns (matrix (B, width) int32, the longest row's length, the strings in the
+    matrix's row-major order)."""
+    lens = seqs.lengths + 2
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))  # position of each string in the epoch's order
+    row, row_len = assign_rows(lens, B, rank)
+    seq = np.lexsort((rank, row))  # by row, then in the epoch's order within the row
+    flat = seqs.framed(seq)
+    total = int(row_len.sum())
+    row_start = np.concatenate([[0], np.cumsum(row_len)[:-1]])
     longest = int(row_len.max()) if B else 0
     if longest > width:
         raise ValueError(f"a packed row needs {longest} columns, more than {width}")
@@ -103,7 +114,7 @@ def pack_rows(seqs: Ragged, order: np.ndarray, B: int, width: int) -> tuple[np.n
     r = np.repeat(np.arange(B), row_len)
     c = np.arange(total) - np.repeat(row_start, row_len)
     out[r, c] = flat
-    return out, longest
+    return out, longest, seq
 
 
 def _window_nll(params, window, carry: LSTMState, cfg: RunConfig, dropout_key=None):
@@ -203,7 +214,7 @@ def score_packed(params, cfg: RunConfig, seqs: Ragged, *, B: int = 8, chunk: int
     order = np.arange(len(seqs))
     lens = seqs.lengths + 2
     width = int(np.ceil((lens.sum() / B + lens.max() + 1) / chunk)) * chunk + 1
-    mat, _ = pack_rows(seqs, order, B, width)
+    mat, _, seq = pack_rows(seqs, order, B, width)
     carry = zero_state(cfg.model, B)
     lps = []
     for k in range((width - 1) // chunk):
@@ -215,7 +226,7 @@ def score_packed(params, cfg: RunConfig, seqs: Ragged, *, B: int = 8, chunk: int
     # Each target belongs to the string whose .start came last before it.
     flat_t, flat_lp = tgt.reshape(-1), lp.reshape(-1)
     is_start = (mat[:, :-1] == START_ID).reshape(-1)
-    string_no = np.cumsum(is_start) - 1  # strings in row-major order = `order`
+    string_no = seq[np.cumsum(is_start) - 1]  # the string each target belongs to
     scored = (flat_t != PAD_ID) & (flat_t != START_ID)
     return np.bincount(string_no[scored], weights=flat_lp[scored], minlength=len(seqs))
 
@@ -284,10 +295,12 @@ class WindowFeed:
         seqs = ds.train
         lens = seqs.lengths + 2
         nd = placement.n_devices
-        # At least two strings a row, so a tiny split does not make rows of padding.
-        B = min(rows_for(cfg.train.max_tokens, chunk, nd), max(nd, len(seqs) // 2 // nd * nd))
-        # Rows hold whole strings of about total / B tokens: at most that plus the longest string.
-        need = int(np.ceil(lens.sum() / B)) + int(lens.max()) + 1
+        # No more rows than the longest string fits into (sum / B >= longest): the rows are then as
+        # long as the strings need and no row waits in padding for the longest one.
+        fit = max(1, int(lens.sum() // lens.max()))
+        B = min(rows_for(cfg.train.max_tokens, chunk, nd), max(nd, fit // nd * nd))
+        _, row_len = assign_rows(lens, B)
+        need = int(row_len.max()) + 1
         nwin = -(-(need - 1) // chunk)
         feed = cls(cfg, placement, K, kind="packed", chunk=chunk, B=B, cols=nwin * chunk + 1, carry=True,
                    packed=True, nwin=nwin, tokens_per_epoch=int((seqs.lengths + 1).sum()), seeds=seeds,
@@ -298,8 +311,7 @@ class WindowFeed:
 
     # ---- the interface
     def describe(self) -> str:
-        n = f"{self.nwin}" if self.kind == "stream" else f"up to {self.nwin}"
-        return f"{self.kind} feed: {self.about}; {n} steps per epoch, {self.K} per call"
+        return f"{self.kind} feed: {self.about}; {self.nwin} steps per epoch, {self.K} per call"
 
     def init_carry(self):
         shape = (self.cfg.model.layers, self.B, self.cfg.model.hidden)
@@ -311,13 +323,8 @@ class WindowFeed:
         return np.random.default_rng([seed, epoch]).permutation(len(self._seqs))
 
     def _steps_of(self, seed: int, epoch: int) -> int:
-        """Windows one run's epoch takes: a packed epoch stops after its longest row's last window."""
-        if self.kind != "packed":
-            return self.nwin
-        if (seed, epoch) not in self._steps:
-            _, row_len = assign_rows(self._seqs.lengths[self._order(seed, epoch)] + 2, self.B)
-            self._steps[seed, epoch] = max(1, -(-(int(row_len.max()) - 1) // self.chunk))
-        return self._steps[seed, epoch]
+        """Windows one run's epoch takes: its longest row's (the same in every epoch, `assign_rows`)."""
+        return self.nwin
 
     def steps_in(self, epoch: int) -> np.ndarray:
         return np.array([self._steps_of(s, epoch) for s in self.seeds])
@@ -332,7 +339,7 @@ class WindowFeed:
         if self.kind == "stream":
             data = self._data[1] if self._data is not None else self.place.put_streams(self._matrix)
         else:
-            mats = [pack_rows(self._seqs, self._order(s, epoch), self.B, self.cols)[0] for s in self.seeds]
+            mats = [pack_rows(self._seqs, self._order(s, epoch), self.B, self.cols)[0] for s in self.seeds]  # noqa: E501
             data = self.place.put_streams(mats[0] if self.members == 1 else np.stack(mats), members=self.members > 1)
         self._data = (epoch, data)
         return data

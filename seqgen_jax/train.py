@@ -60,7 +60,7 @@ def train(cfg: RunConfig, run_dir=None, *, resume: bool = False, log: Callable[[
     if resume:
         cfg = run.resume_config(cfg, given, name_of)
     validate(cfg)
-    if jax.process_count() == 1:
+    if jax.process_count() == 1 and cfg.train.devices == "all":
         from ._devices import prefer_one_device_for
 
         prefer_one_device_for(cfg.model.hidden)  # wide layers: one CPU device (before the backend starts)

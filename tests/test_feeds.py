@@ -93,7 +93,7 @@ def test_pack_rows_keeps_every_string_once_and_whole():
     lens = seqs.lengths[order] + 2
     _, row_len = assign_rows(lens, B)
     width = int(row_len.max()) + 3
-    mat, longest = pack_rows(seqs, order, B, width)
+    mat, longest, seq = pack_rows(seqs, order, B, width)
     assert longest == row_len.max() and row_len.sum() == lens.sum()
     assert row_len.max() <= lens.sum() / B + lens.max()  # balanced: the documented bound
     got = []
@@ -102,7 +102,11 @@ def test_pack_rows_keeps_every_string_once_and_whole():
         assert toks[0] == 1  # every row starts with a string's .start: no string is cut between rows
         text = "".join(vocab.i2w[t] if t > 3 else ("|" if t == 1 else "") for t in toks)
         got += [x for x in text.split("|") if x or True][1:]
-    assert got == [strings[i] for i in order]  # all of them, once, in the epoch's order
+    assert got == [strings[i] for i in seq]  # all of them, once
+    assert sorted(seq.tolist()) == list(range(len(strings)))
+    rank = np.empty(len(order), int)
+    rank[order] = np.arange(len(order))
+    assert all(np.all(np.diff(rank[seq[i:j]]) > 0) for i, j in _row_spans(mat))
 
 
 def test_a_packed_step_is_the_mean_over_strings_scored_alone():
@@ -111,7 +115,7 @@ def test_a_packed_step_is_the_mean_over_strings_scored_alone():
     vocab = Vocab.from_symbols("()")
     strings = ["()", "(())", "(()())", "()", "((()))"]
     seqs = Ragged.from_strings(strings, vocab)
-    mat, _ = pack_rows(seqs, np.arange(5), 2, 24)
+    mat, _, _ = pack_rows(seqs, np.arange(5), 2, 24)
     cfg = CFG.override(**{"model.layers": 1})
     tx = make_optimizer(cfg, 100)
     state = init_train_state(cfg, tx)
@@ -171,3 +175,10 @@ def test_feed_choice_refuses_what_a_dataset_cannot_use():
     for feed, kind in (("packed", "text"), ("bucket", "text"), ("stream", "language"), ("zip", "language")):
         with pytest.raises(UserError):
             resolve_feed(feed, kind, carry_state=True)
+
+
+def _row_spans(mat):
+    """[(first, last + 1)] positions in the row-major string order of each row's strings."""
+    counts = (mat == 1).sum(axis=1)
+    ends = np.cumsum(counts)
+    return list(zip(ends - counts, ends))

@@ -131,9 +131,9 @@ def test_wide_layers_switch_to_one_device_only_when_the_layout_was_ours(monkeypa
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
     _devices.configure_host_devices()
     per_core = os.environ["XLA_FLAGS"]
-    assert not _devices.prefer_one_device_for(384) and os.environ["XLA_FLAGS"] == per_core
-    assert _devices.prefer_one_device_for(512)
-    assert os.environ["XLA_FLAGS"].split() == ["--xla_dump_to=/tmp/x", "--xla_cpu_multi_thread_eigen=false"]
+    assert not _devices.prefer_one_device_for(64) and os.environ["XLA_FLAGS"] == per_core
+    assert _devices.prefer_one_device_for(128)
+    assert os.environ["XLA_FLAGS"].split() == ["--xla_dump_to=/tmp/x"]  # the user's flags, XLA's threads on
     assert not _devices.prefer_one_device_for(1024)  # once
     # A count the user chose, by SEQGEN_CPU_DEVICES or by XLA_FLAGS, is never overridden.
     for env, flags in (({"SEQGEN_CPU_DEVICES": "2"}, ""), ({}, "--xla_force_host_platform_device_count=2")):
@@ -161,7 +161,7 @@ def test_a_wide_model_really_gets_one_device():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     switched, devices, cores = out.stdout.split()
     assert (switched, devices) == (("True", "1") if int(cores) > 1 else ("False", "1"))
-    narrow = code.replace("p(512)", "p(384)")
+    narrow = code.replace("p(512)", "p(64)")
     out = subprocess.run([sys.executable, "-c", narrow], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     switched, devices, cores = out.stdout.split()
     assert (switched, devices) == ("False", cores)
