@@ -10,10 +10,20 @@ and prints one table last. Parts, most important first:
                300x300x1200 matmul against float64 under default / tensorfloat32 / highest / bf16)
   check        the Pallas kernels against the scan on this GPU (values and gradients, padded rows,
                fp32 at highest precision): the speed figures mean nothing if this fails
-  train_tf32   train steps on the shape grid of throughput.py: careful PyTorch (cuDNN, TF32, fused Adam,
-               time-major, cudnn.benchmark) interleaved with seqgen_jax scan (unroll 8 and 16) and
-               cudnn, all TF32
-  epoch        one epoch of 150,000 brackets strings at (300, 300), 60,000-token budget
+  epoch        whole epochs of 150,000 brackets strings at (300, 300) and (32, 16): seqgen_jax's bucket
+               and packed feeds (every shape compiled ahead, `compile_s` apart) interleaved with
+               careful, folded and compiled (CUDA graphs) PyTorch, a (300, 300) train step repeated
+               as the reference row that shows drift between parts
+  sweep        64 members of the NDFA preset as one vmapped program against one member alone
+               (member-tokens/s), the reference row again
+  quality_text seqgen train text:<tiny shakespeare> --max-time 3m with the GPU settings, then eval
+               (val nats/char in nanoGPT's 64-char windows): the 1.47 target
+  quality_imdb seqgen train imdb with the GPU settings cut to 4 minutes, scored on 2,000 random
+               stratified test reviews: the 1.60 bits/char target
+  sharding     the sharded step on a 1-device mesh against a bare jit of the same step
+  train_tf32   train steps on the shape grid of throughput.py: careful, folded and compiled PyTorch
+               (cuDNN, TF32, fused Adam, time-major, cudnn.benchmark) interleaved with seqgen_jax scan
+               (unroll 8 and 16) and cudnn, all TF32
   sample       1,000 x 200 tokens at (300, 300) and (32, 16)
   train_pallas the grid with the Pallas backend beside scan-u8 and careful PyTorch (its own part: the
                Triton compile time of the large tiles is the unknown)
@@ -22,10 +32,9 @@ and prints one table last. Parts, most important first:
   train_bf16   the grid again with bf16 matmuls on both sides (PyTorch autocast)
   train_cmdbuf the scan rows under XLA command buffers (--xla_gpu_enable_command_buffer=+WHILE ...)
   loop_cmdbuf  the loop part under the same flags
-  sharding     the sharded step on a 1-device mesh against a bare jit of the same step
 
-`--smoke` runs every part on the CPU at tiny shapes in well under a minute each (part of the test
-suite, so the script cannot rot between GPU runs); cuDNN rows are then recorded as skipped.
+`--smoke` runs every part on the CPU at tiny shapes, all in one process (part of the test suite, so
+the script cannot rot between GPU runs); cuDNN rows are then recorded as skipped.
 """
 from __future__ import annotations
 
@@ -45,9 +54,15 @@ sys.path.insert(0, str(HERE))
 CMDBUF_FLAGS = ("--xla_gpu_enable_command_buffer=+WHILE --xla_gpu_command_buffer_unroll_loops=true "
                 "--xla_gpu_graph_min_graph_size=1")
 # (name, seconds, extra XLA flags); the order is the priority when the budget runs short.
-PARTS = [("env", 30, ""), ("check", 50, ""), ("train_tf32", 130, ""), ("epoch", 150, ""), ("sample", 45, ""),
+PARTS = [("env", 25, ""), ("check", 40, ""), ("epoch", 150, ""), ("sweep", 80, ""), ("quality_text", 230, ""),
+         ("quality_imdb", 330, ""), ("sharding", 25, ""), ("train_tf32", 130, ""), ("sample", 45, ""),
          ("train_pallas", 100, ""), ("loop", 40, ""), ("train_bf16", 60, ""), ("train_cmdbuf", 45, CMDBUF_FLAGS),
-         ("loop_cmdbuf", 30, CMDBUF_FLAGS), ("sharding", 25, "")]
+         ("loop_cmdbuf", 30, CMDBUF_FLAGS)]
+# What `quality_*` train with on a GPU (the settings those runs measure; presets.py keeps the CPU ones).
+GPU_TEXT = ["--embed", "128", "--hidden", "1024", "--max-tokens", "16384", "--chunk", "128", "--lr", "0.003",
+            "--split", "0.9,0.1,0", "--max-time", "3m", "--epochs", "100", "--no-carry-state"]
+GPU_IMDB = ["--embed", "128", "--hidden", "1024", "--max-tokens", "16384", "--chunk", "128", "--lr", "0.003",
+            "--max-time", "4m", "--epochs", "20", "--n-train", "25000"]
 GRID_MODELS = [(32, 16, 6), (300, 300, 6), (250, 250, 100)]
 GRID_SHAPES = [(1000, 10), (250, 40), (50, 200), (6000, 10), (300, 200)]
 
@@ -183,18 +198,32 @@ def _train_row(ctx, e, h, V, B, T, variants_spec, precision, torch_ok):
     if torch_ok and precision == "bf16" and not ctx.gpu:
         skipped["torch_careful"] = "oneDNN's CPU LSTM has no bf16 autocast kernel"
     elif torch_ok:
-        variants["torch_careful"] = R.torch_train(e, h, V, B, T, device="gpu" if ctx.gpu else "cpu",
-                                                  bf16=precision == "bf16")
+        dev = "gpu" if ctx.gpu else "cpu"
+        variants["torch_careful"] = R.torch_train(e, h, V, B, T, device=dev, bf16=precision == "bf16")
+        variants["torch_folded"] = R.torch_train(e, h, V, B, T, device=dev, bf16=precision == "bf16", folded=True)
+        if not ctx.smoke:
+            try:
+                v = R.torch_train(e, h, V, B, T, device=dev, bf16=precision == "bf16", folded=True, compiled=True)
+                t0 = time.perf_counter()
+                v[1](v[0]())
+                compile_s["torch_compiled"] = round(time.perf_counter() - t0, 2)
+                variants["torch_compiled"] = v
+            except Exception as ex:  # noqa: BLE001
+                skipped["torch_compiled"] = f"{type(ex).__name__}: {str(ex)[:200]}"
     stats = harness.interleaved(variants, work=B * T, repeats=3 if ctx.smoke else 5,
                                 min_seconds=0.005 if ctx.smoke else 0.05)
-    ref = stats.get("torch_careful")
-    jax_names = [n for n in stats if n != "torch_careful"]
+    torch_names = [n for n in stats if n.startswith("torch")]
+    ref = max((stats[n] for n in torch_names), key=lambda x: x["median"]) if torch_names else None
+    jax_names = [n for n in stats if not n.startswith("torch")]
     ratios = {n: harness.ratio(stats[n], ref) for n in jax_names}
     best = max(jax_names, key=lambda n: stats[n]["median"]) if jax_names else None
+    best_torch = max(torch_names, key=lambda n: stats[n]["median"]) if torch_names else None
     ctx.emit(kind="train", what=f"({e},{h}) V={V} {B}x{T}", precision=precision, stats=stats,
              us_per_step={n: 1e6 * B / s["median"] for n, s in stats.items()},
-             ratio_vs_careful=ratios, lead={n: harness.lead(stats[n], ref) for n in jax_names},
-             best_jax=best, best_ratio_vs_careful=ratios.get(best), compile_s=compile_s, skipped=skipped)
+             ratio_vs_best_torch=ratios, best_torch=best_torch, lead={n: harness.lead(stats[n], ref) for n in jax_names},
+             best_jax=best, best_ratio=ratios.get(best),
+             ratio_vs_careful={n: harness.ratio(stats[n], stats.get("torch_careful")) for n in jax_names},
+             compile_s=compile_s, skipped=skipped)
 
 
 def _train_grid(ctx, variants_spec, precision):
@@ -248,42 +277,161 @@ def part_sharding(ctx):
                  sharded_cost=1 - st["sharded"]["median"] / st["bare"]["median"])
 
 
-def part_epoch(ctx):
-    """Whole warm epochs of brackets on one bucket plan, seqgen_jax against careful PyTorch.
+def _reference(ctx, tag: str) -> None:
+    """The same (300, 300) 250 x 40 train step in every timing part: drift between parts shows here."""
+    import harness
+    import rows as R
 
-    (300, 300) first: the scan (its compile, ~58 s for 12 buckets on the H200, is the long pole);
-    then (32, 16), where `auto` picks the Pallas kernel for buckets of >= 32 steps, beside the scan."""
+    shape = (8, 8, 6, 20, 5) if ctx.smoke else (300, 300, 6, 250, 40)
+    v, _ = R.jax_train(*shape, precision="tf32")
+    st = harness.interleaved({"jax": v}, work=shape[3] * shape[4], repeats=3, min_seconds=0.005 if ctx.smoke else 0.05)
+    ctx.emit(kind="reference", what=f"({shape[0]},{shape[1]}) {shape[3]}x{shape[4]} train step ({tag})", stats=st)
+
+
+def part_epoch(ctx):
+    """Whole warm epochs of brackets, every seqgen_jax feed against careful, folded and compiled
+    PyTorch on the bucket plan, interleaved epoch by epoch; compile and preparation timed apart."""
     import harness
     import rows as R
     from seqgen_jax.data import Brackets
 
     R.jax_precision("tf32")
-    n = 200 if ctx.smoke else 150_000
+    _reference(ctx, "epoch part")
+    n = 300 if ctx.smoke else 150_000
     strings = Brackets().strings(n, 0)
-    epochs = 2 if ctx.smoke else 4
-    shapes = [((8, 8), 1000, ("auto",))] if ctx.smoke else [((300, 300), 60_000, ("scan",)),
-                                                                  ((32, 16), 10_000, ("auto", "scan"))]
-    for (e, h), budget, backends in shapes:
+    shapes = [((8, 8), 1000)] if ctx.smoke else [((300, 300), 10_000), ((32, 16), 10_000)]
+    dev = "gpu" if ctx.gpu else "cpu"
+    for (e, h), budget in shapes:
         what = f"brackets {n} ({e},{h}) max {budget}"
-        split = None
-        for backend in backends:
-            if ctx.time_left() < 20:
-                ctx.emit(kind="note", what=f"stopped before {what} {backend}: part budget spent")
-                return
+        if ctx.time_left() < 30:
+            ctx.emit(kind="note", what=f"stopped before {what}: part budget spent")
+            return
+        variants, comp, prep, skipped = {}, {}, {}, {}
+        tokens = None
+        for feed in ("bucket", "packed"):
             try:
-                times, comp, split, prep = R.jax_epoch(strings, e, h, budget, backend=backend, precision="tf32",
-                                                       epochs=epochs, max_buckets=3 if ctx.smoke else 12)
-                ctx.emit(kind="epoch", what=what, variant=backend, seconds=harness.summary(times[1:]),
-                         tokens=split.n_tokens, compile_s=comp, prep_s=prep)
-            except Exception as ex:
-                ctx.emit(kind="epoch", what=what, variant=backend, error=f"{type(ex).__name__}: {str(ex)[:300]}")
-        if _have_torch() and split is not None:
+                v, comp[feed], prep[feed], tokens = R.jax_epoch(strings, e, h, budget, feed=feed, precision="tf32",
+                                                               max_buckets=3 if ctx.smoke else 12)
+                variants[f"jax_{feed}"] = v
+            except Exception as ex:  # noqa: BLE001  one feed failing loses only itself
+                skipped[feed] = f"{type(ex).__name__}: {str(ex)[:300]}"
+        if _have_torch():
             from baseline_torch import set_precision
 
             set_precision("tf32")
-            tt = R.torch_epoch(split, strings, e, h, device="gpu" if ctx.gpu else "cpu", epochs=epochs)
-            ctx.emit(kind="epoch", what=what, variant="torch_careful", seconds=harness.summary(tt[1:]),
-                     tokens=split.n_tokens)
+            split = R.bucket_split(strings, budget, 3 if ctx.smoke else 12)
+            variants["torch_careful"] = R.torch_epoch(split, strings, e, h, device=dev)
+            variants["torch_folded"] = R.torch_epoch(split, strings, e, h, device=dev, folded=True)
+            if not ctx.smoke:
+                try:
+                    v = R.torch_epoch(split, strings, e, h, device=dev, folded=True, compiled=True)
+                    t0 = time.perf_counter()
+                    v[1](v[0]())
+                    comp["torch_compiled"] = round(time.perf_counter() - t0, 2)
+                    variants["torch_compiled"] = v
+                except Exception as ex:  # noqa: BLE001
+                    skipped["torch_compiled"] = f"{type(ex).__name__}: {str(ex)[:200]}"
+        st = harness.interleaved(variants, work=tokens, repeats=2 if ctx.smoke else 4, min_seconds=0.0)
+        ctx.emit(kind="epoch", what=what, stats=st, tokens=tokens, compile_s=comp, prep_s=prep, skipped=skipped,
+                 seconds={k: tokens / v["median"] for k, v in st.items()})
+
+
+def part_sweep(ctx):
+    """64 members of the NDFA preset as one vmapped program against one member alone: a whole epoch
+    each, member-tokens per second."""
+    import harness
+    import jax
+    import numpy as np
+
+    import seqgen_jax as sg
+    from seqgen_jax.data import build_dataset
+    from seqgen_jax.parallel import Placement
+    from seqgen_jax.step import make_optimizer
+    from seqgen_jax.train import Member, make_feed, new_state
+    from seqgen_jax.run import RunDir
+
+    _reference(ctx, "sweep part")
+    M = 4 if ctx.smoke else 64
+    cfg = sg.config("ndfa", **{"data.n_train": 500 if ctx.smoke else 20_000, "data.n_val": 50, "data.n_test": 50})
+    ds = build_dataset(cfg.data)
+    cfg = cfg.override(**{"model.vocab_size": len(ds.vocab)})
+    place = Placement()
+    variants, tokens = {}, None
+    for m in (1, M):
+        members = [Member(cfg.override(**{"train.seed": i}), RunDir(f"/tmp/unused{i}")) for i in range(m)]
+        feed = make_feed(cfg, ds, place, seeds=[x.cfg.train.seed for x in members] if m > 1 else None)
+        tx = make_optimizer(cfg, 10_000)
+        holder = {"s": new_state(cfg, tx, feed, 10_000, place, members)}
+        runner = place.block_runner(cfg, tx, feed.spec, members=m, data_per_member=m > 1)
+        runner.compile(feed.examples(holder["s"]))
+        blocks = list(feed.blocks(0))
+
+        def run(runner=runner, blocks=blocks, holder=holder):
+            st = holder["s"]
+            for b in blocks:
+                st, _ = runner(st, b.data, b.xs, b.live)
+            holder["s"] = st
+            return st["params"]
+
+        variants[f"members_{m}"] = (run, jax.block_until_ready)
+        tokens = feed.tokens_per_epoch
+    st = harness.interleaved(variants, work=tokens, repeats=2 if ctx.smoke else 4, min_seconds=0.0)
+    st[f"members_{M}"] = {k: (v * M if k != "repeats" else v) for k, v in st[f"members_{M}"].items()}
+    ctx.emit(kind="sweep", what=f"ndfa preset: {M} members as one program against one", stats=st,
+             ratio=harness.ratio(st[f"members_{M}"], st["members_1"]), members=M,
+             note="member-tokens/s; the ratio is the sweep's throughput over one member's")
+
+
+def _cli(args: list[str], timeout: float) -> tuple[int, str, str]:
+    p = subprocess.run([sys.executable, "-m", "seqgen_jax", *args], capture_output=True, text=True, timeout=timeout,
+                       cwd=HERE.parent)
+    return p.returncode, p.stdout, p.stderr
+
+
+def part_quality_text(ctx):
+    """Tiny Shakespeare with the GPU settings for 3 minutes, then nanoGPT's val protocol."""
+    text = HERE.parent.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+    if not text.exists():
+        ctx.emit(kind="error", error=f"{text} is missing")
+        return
+    run = Path(ctx.out) / "quality_text"
+    flags = GPU_TEXT if not ctx.smoke else ["--embed", "8", "--hidden", "16", "--max-tokens", "512", "--chunk", "16",
+                                            "--split", "0.1,0.02,0.88", "--max-time", "5s", "--epochs", "1"]
+    t0 = time.time()
+    rc, out, err = _cli(["train", f"text:{text}", "--run-dir", str(run), *flags], ctx.time_left() - 30)
+    train_s = time.time() - t0
+    if rc:
+        ctx.emit(kind="quality", what="tiny shakespeare", error=err.strip().splitlines()[-1] if err else str(rc))
+        return
+    rc, out, err = _cli(["eval", str(run), "--split", "val", "--json", "--samples", "5", "--max-len", "50",
+                         "--temperatures", "0.8"], max(ctx.time_left() - 5, 10))
+    ev = json.loads(out) if rc == 0 else {}
+    ctx.emit(kind="quality", what="tiny shakespeare val nats/char (64-char windows)", train_s=round(train_s, 1),
+             flags=flags, val_nats_window64=ev.get("nats_per_char_window64"), val_nats_stream=ev.get("nats_per_char"),
+             target=1.47, error=None if rc == 0 else err[-300:])
+
+
+def part_quality_imdb(ctx):
+    """IMDb characters with the GPU settings for 4 minutes, scored on 2,000 random stratified test reviews."""
+    arch = os.environ.get("SEQGEN_IMDB") or str(HERE.parent.parent / "shared" / "data" / "aclImdb_v1.tar.gz")
+    if ctx.smoke or not Path(arch).exists():
+        ctx.emit(kind="note", what=f"quality_imdb skipped ({'smoke' if ctx.smoke else arch + ' missing'})")
+        return
+    run = Path(ctx.out) / "quality_imdb"
+    t0 = time.time()
+    rc, out, err = _cli(["train", "imdb", "--imdb", arch, "--run-dir", str(run), *GPU_IMDB], ctx.time_left() - 60)
+    train_s = time.time() - t0
+    rc2, out2, err2 = _cli(["eval", str(run), "--split", "test", "--json", "--limit", "2000", "--samples", "20",
+                            "--max-len", "200", "--temperatures", "0.8"], max(ctx.time_left() - 5, 10))
+    ev = json.loads(out2) if rc2 == 0 else {}
+    curve = []
+    mpath = run / "metrics.jsonl"
+    if mpath.exists():
+        curve = [{k: r.get(k) for k in ("epoch", "step", "elapsed", "val_ce_bits_per_token")}
+                 for r in map(json.loads, mpath.read_text().splitlines()) if "epoch" in r]
+    ctx.emit(kind="quality", what="imdb test bits/char (2,000 random stratified reviews)", train_s=round(train_s, 1),
+             flags=GPU_IMDB, test_bits_per_char=ev.get("bits_per_char"), target=1.60, curve=curve,
+             error=None if rc == 0 and rc2 == 0 else (err or err2)[-300:])
 
 
 def part_sample(ctx):
@@ -348,7 +496,8 @@ def part_loop(ctx):
 
 PART_FNS = {"env": part_env, "check": part_check, "train_tf32": part_train_tf32, "train_pallas": part_train_pallas, "train_bf16": part_train_bf16,
             "train_cmdbuf": part_train_cmdbuf, "loop": part_loop, "loop_cmdbuf": part_loop, "epoch": part_epoch,
-            "sample": part_sample, "sharding": part_sharding}
+            "sample": part_sample, "sharding": part_sharding, "sweep": part_sweep, "quality_text": part_quality_text,
+            "quality_imdb": part_quality_imdb}
 
 
 def run_part(args) -> int:
@@ -395,10 +544,23 @@ def table(records: list[dict]) -> str:
             lines.append(f"| {r['part']} | {r['what']} | {best}: {harness.fmt_stats(st[best])} | "
                          f"{harness.fmt_stats(ref)} | {'-' if ratio is None else f'{ratio:.2f}'} | "
                          f"{harness.lead(st[best], ref)} | {us_txt} |")
-        elif k == "epoch" and "seconds" in r:
-            s = r["seconds"]
-            lines.append(f"| {r['part']} | {r['what']} {r['variant']} | {s['median']:.3f} s ({s['min']:.3f}–{s['max']:.3f}) "
-                         f"| | | | |")
+        elif k == "epoch" and "stats" in r:
+            st = r["stats"]
+            torch = [n for n in st if n.startswith("torch")]
+            ref = max(torch, key=lambda n: st[n]["median"]) if torch else None
+            for n in [n for n in st if n.startswith("jax")]:
+                ratio = harness.ratio(st[n], st[ref]) if ref else None
+                lines.append(f"| epoch | {r['what']} {n} ({r['seconds'][n]:.3f} s, compile {r['compile_s'].get(n[4:], '-')} s) | "
+                             f"{harness.fmt_stats(st[n])} | {ref}: {harness.fmt_stats(st[ref]) if ref else '-'} | "
+                             f"{'-' if ratio is None else f'{ratio:.2f}'} | {harness.lead(st[n], st[ref]) if ref else '-'} | |")
+        elif k in ("sweep", "reference"):
+            extra = f"ratio {r['ratio']:.1f}x" if k == "sweep" and r.get("ratio") else ""
+            cells = ", ".join(f"{n} {harness.fmt_stats(v)}" for n, v in r["stats"].items())
+            lines.append(f"| {r['part']} | {r['what']} | {cells} | | {extra} | | |")
+        elif k == "quality":
+            fig = r.get("val_nats_window64", r.get("test_bits_per_char"))
+            lines.append(f"| {r['part']} | {r['what']} | {fig} (target {r.get('target')}) after {r.get('train_s')} s "
+                         f"{r.get('error') or ''} | | | | |")
         elif k == "loop":
             us = ", ".join(f"{n} {v:.1f}" for n, v in r["us_per_step"].items())
             lines.append(f"| {r['part']} | {r['what']} | µs/step: {us} | | | | |")
@@ -425,7 +587,27 @@ def orchestrate(args) -> int:
         return 2
     start = time.time()
     statuses = []
-    for name, limit, flags in PARTS:
+    if args.smoke:  # every part in this process on the CPU: one JAX start-up, one device
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        os.environ["SEQGEN_CPU_DEVICES"] = "1"
+        import jax
+
+        for name, limit, _ in PARTS:
+            if name not in wanted:
+                continue
+            ctx = Ctx(out, name, True, time.time() + limit)
+            ctx.gpu = jax.default_backend() in ("gpu", "cuda", "rocm")
+            t0 = time.time()
+            try:
+                PART_FNS[name](ctx)
+                status = "ok"
+            except Exception as ex:  # noqa: BLE001  the table says which part failed and why
+                ctx.emit(kind="error", error=f"{type(ex).__name__}: {str(ex)[:500]}",
+                         traceback=traceback.format_exc()[-3000:])
+                status = "error"
+            statuses.append({"part": name, "kind": "part_status", "status": status, "seconds": round(time.time() - t0, 1)})
+            print(f"part {name}: {status} in {time.time() - t0:.0f} s", flush=True)
+    for name, limit, flags in [] if args.smoke else PARTS:
         if name not in wanted:
             continue
         left = args.budget - (time.time() - start)

@@ -37,6 +37,8 @@ def cmd_data(a) -> None:
     from .config import DataConfig
 
     name, _ = parse_spec(a.name)
+    if a.by_length and name in ("text", "imdb"):
+        raise UserError(f"--by-length needs a language with a known truth; {name} is a text corpus")
     if name == "text":
         ds = build_dataset(DataConfig(name=a.name, seed=a.seed, char=a.unit != "word", split=a.split))
         st = ds.info["stream"]

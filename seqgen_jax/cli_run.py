@@ -182,7 +182,10 @@ def cmd_sweep(a) -> None:
             raise UserError(f"--grid {item!r} must be SECTION.FIELD=V1,V2,..., e.g. --grid train.lr=0.001,0.003")
         if key in grid:
             raise UserError(f"--grid {key} is given twice; list all its values in one --grid")
-        grid[key] = [parse_setting(cfg, key, v) for v in text.split(",")]
+        try:
+            grid[key] = [parse_setting(cfg, key, v) for v in text.split(",")]
+        except UserError as e:
+            raise UserError(str(e).replace("--set ", "--grid ", 1)) from None
     sweep(cfg, grid, a.seeds, a.run_dir, resume=a.resume)
 
 

@@ -244,6 +244,8 @@ def validate(cfg: RunConfig, where: str = "the configuration") -> None:
     from .data.spec import dataset_kind
     from .feeds import resolve_feed
 
+    if (d.train_lengths or d.test_lengths) and dataset_kind(d.name) != "language":
+        raise UserError("--train-lengths and --test-lengths apply to languages with a known truth, not text corpora")
     if dataset_kind(d.name) == "text":
         from .data.text import parse_split
 

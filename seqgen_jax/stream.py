@@ -273,6 +273,7 @@ class WindowFeed:
         from .errors import UserError
 
         chunk = default_chunk(cfg)
+        _check_budget(cfg, chunk)
         ts = ds.info["train_stream"]()
         ids = ts["train"]
         B, cols = layout(len(ids), cfg.train.max_tokens, chunk, placement.n_devices)
@@ -292,6 +293,7 @@ class WindowFeed:
     def packed(cls, cfg: RunConfig, ds, placement, K: int, seeds=None) -> "WindowFeed":
         """A language's (or IMDb's) training strings, packed anew every epoch."""
         chunk = cfg.data.chunk or _packed_window()
+        _check_budget(cfg, chunk)
         seqs = ds.train
         lens = seqs.lengths + 2
         nd = placement.n_devices
@@ -367,6 +369,14 @@ class WindowFeed:
         xs, lv = self.place.put_block(np.zeros((self.members, self.K), np.int32),
                                       np.zeros((self.members, self.K), bool), members=self.members > 1)
         return [(state, data, xs, lv)]
+
+
+def _check_budget(cfg: RunConfig, chunk: int) -> None:
+    if cfg.train.max_tokens < chunk:
+        from .errors import UserError
+
+        raise UserError(f"--max-tokens {cfg.train.max_tokens} is below the window of {chunk} tokens a step takes per "
+                        f"row; raise --max-tokens to {chunk} or more, or lower --chunk")
 
 
 def _packed_window() -> int:

@@ -50,6 +50,8 @@ def plan_members(cfg: RunConfig, grid: dict[str, list], seeds: int) -> list[tupl
     grid = dict(grid or {})
     if "train.seed" in grid:
         raise UserError("train.seed is swept by --seeds N, not --grid")
+    if "data.name" in grid:
+        raise UserError("a sweep trains one dataset, the positional argument; sweep other datasets one by one")
     for key, values in grid.items():
         if not isinstance(values, (list, tuple)) or not values:
             raise UserError(f"--grid {key}: give one or more values, e.g. --grid {key}=V1,V2")

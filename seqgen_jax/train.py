@@ -238,16 +238,18 @@ def new_state(cfg: RunConfig, tx, feed, total_steps: int, place: Placement, memb
     return place.put_state(st, members=len(members))
 
 
-def open_member(m: Member, ds: Dataset, state_like: dict, resume: bool, primary: bool, log) -> tuple:
-    """Restore a member's latest checkpoint (resume) or write its new run's files: (state or None,
+def open_member(m: Member, ds: Dataset, state_like: dict, resume: bool, primary: bool, log,
+                which: str | int = "latest") -> tuple:
+    """Restore a member's checkpoint (`which`, on resume) or write its new run's files: (state or None,
     epoch, batch). The checkpointer stays open on the member."""
-    m.ckpt = m.run.checkpointer(keep=m.cfg.train.keep, primary=primary)
+    if m.ckpt is None:
+        m.ckpt = m.run.checkpointer(keep=m.cfg.train.keep, primary=primary)
     if not resume:
         if primary:
             m.run.start(m.cfg, ds.vocab)
         return None, 0, 0
     train_like = {k: v for k, v in state_like.items() if k not in ("params", "frozen")}
-    step0, params, rest, meta = m.ckpt.restore("latest", abstract(state_like["params"]), abstract(train_like))
+    step0, params, rest, meta = m.ckpt.restore(which, abstract(state_like["params"]), abstract(train_like))
     m.best_val = meta.get("best_val", math.inf)
     if primary:
         m.run.truncate_metrics(step0, meta["epoch"])
@@ -395,8 +397,18 @@ def build_cohort(members: list, ds: Dataset, place: Placement, resume: bool, log
             state = restored[0]
         else:
             if len(positions) > 1:
-                raise UserError(f"the sweep's members were saved at different points {sorted(positions)}; resume "
-                                "each member alone with seqgen train --resume, or start the sweep again")
+                # Killed while the members were checkpointing an epoch's end one after another: the
+                # ones ahead go back to the epoch all of them finished.
+                epoch, batch = min(positions)
+                if batch or any(b for _, b in positions):
+                    raise UserError(f"the sweep's members were saved at different points {sorted(positions)}; "
+                                    "resume each member alone with seqgen train --resume, or start the sweep again")
+                for i, m in enumerate(members):
+                    recs = [r for r in m.run.epoch_records() if r["epoch"] == epoch]
+                    if epoch and not recs:
+                        raise UserError(f"{m.run.path} has no record of epoch {epoch}; start the sweep again")
+                    restored[i], _, _ = open_member(m, ds, _member_like(state, i), True, primary, log,
+                                                    recs[-1]["step"] if epoch else "latest")
             frozen = state["frozen"]
             state = place.put_state(jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *restored),
                                     members=M)

@@ -20,7 +20,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def _readme_block() -> str:
     text = README.read_text()
-    section = text[text.index("### Python API"):]
+    section = text[text.index("## In Python"):]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 

@@ -256,3 +256,9 @@ def test_special_files_bom_and_help(capsys, tmp_path):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     assert "default 64" in capsys.readouterr().out.replace("\n", " ").replace("  ", " ")
+
+
+def test_length_ranges_are_refused_for_text(capsys, tmp_path, corpus):
+    one_line(*main(capsys, "train", f"text:{corpus}", "--run-dir", tmp_path / "r", *T, "--train-lengths", "1-4"),
+             "languages")
+    assert not (tmp_path / "r").exists()

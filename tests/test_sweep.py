@@ -93,3 +93,35 @@ def test_an_oversized_sweep_is_refused_naming_a_size_that_fits(tmp_path, monkeyp
     cfg = sg.config("brackets", **{**SMALL, "model.hidden": 512, "model.embed": 512})
     with pytest.raises(UserError, match=r"at most \d+ members"):
         sg.sweep(cfg, {}, seeds=64, run_dir=tmp_path / "sw", log=lambda s: None)
+
+
+def test_a_sweep_killed_between_its_members_checkpoints_resumes(tmp_path, capsys):
+    """One member saved an epoch's end, the other not yet (the kill fell between them): --resume rolls
+    the member ahead back and both finish every epoch."""
+    import shutil
+
+    from seqgen_jax import cli
+
+    d = tmp_path / "sw"
+    args = ["sweep", "brackets", "--seeds", "2", "--run-dir", str(d), "--epochs", "2", "--n-train", "300",
+            "--n-val", "50", "--n-test", "50", "--embed", "8", "--hidden", "8", "--set", "train.eval_samples=5"]
+    assert cli.main(args) == 0
+    behind = d / "seed=0"
+    last = max((p for p in (behind / "checkpoints").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    shutil.rmtree(last)
+    lines = (behind / "metrics.jsonl").read_text().splitlines()
+    (behind / "metrics.jsonl").write_text("\n".join(l for l in lines if '"epoch": 2' not in l) + "\n")
+    capsys.readouterr()
+    assert cli.main(args + ["--resume"]) == 0
+    for m in ("seed=0", "seed=1"):
+        assert [r["epoch"] for r in _last(d / m)] == [1, 2]
+    assert "resumed from step" in capsys.readouterr().out
+
+
+def test_grid_refusals_name_the_grid(capsys):
+    from seqgen_jax import cli
+
+    assert cli.main(["sweep", "brackets", "--run-dir", "/nonexistent/x", "--grid", "train.lr=0.01,abc"]) == 2
+    assert "--grid train.lr=abc" in capsys.readouterr().err
+    assert cli.main(["sweep", "brackets", "--run-dir", "/nonexistent/x", "--grid", "data.name=ndfa,toy"]) == 2
+    assert "one dataset" in capsys.readouterr().err
