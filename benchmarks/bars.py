@@ -28,16 +28,24 @@ def seqgen(*args):
 
 
 def epoch_throughput():
-    """Warm-epoch tokens/s (median of 3 warm epochs) of 150,000 brackets strings at (32, 16), budget 10,000."""
+    """Warm-epoch tokens/s (median of 3 warm epochs) of 150,000 brackets strings at (32, 16), budget
+    10,000, with the feed `seqgen train` picks (auto)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import numpy as np
     from rows import jax_epoch
 
     from seqgen_jax.data import Brackets
+    from seqgen_jax.feeds import resolve_feed
 
-    times, _, split, _ = jax_epoch(Brackets().strings(150_000, 0), 32, 16, 10_000, epochs=4)
+    feed = resolve_feed("auto", "language", carry_state=True)
+    (run, sync), _, _, tokens = jax_epoch(Brackets().strings(150_000, 0), 32, 16, 10_000, feed=feed)
+    times = []
+    for _ in range(4):
+        t = time.perf_counter()
+        sync(run())
+        times.append(time.perf_counter() - t)
     sec = float(np.median(times[1:]))
-    return split.n_tokens / sec, sec
+    return tokens / sec, sec
 
 
 def main():
@@ -69,6 +77,11 @@ def main():
     tps, sec = epoch_throughput()
     results["epoch_brackets_32_16"] = {"tokens_per_s": tps, "seconds": sec, "bar_tokens_per_s": 1.5e6}
     print(f"epoch of 150,000 brackets strings at (32, 16): {tps / 1e6:.2f} M tokens/s ({sec:.2f} s; bar 1.5 M)")
+    import datetime
+
+    results["meta"] = {"date": datetime.date.today().isoformat(), "command": "python benchmarks/bars.py " +
+                       " ".join(sys.argv[1:]), "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"],
+                                                                       capture_output=True, text=True).stdout.strip()}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bars.json").write_text(json.dumps(results, indent=2))

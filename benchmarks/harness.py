@@ -24,12 +24,20 @@ def _once(fn, sync, inner: int) -> float:
     return (time.perf_counter() - t) / inner
 
 
-def interleaved(variants: dict[str, Variant], *, work: float, repeats: int = 5, min_seconds: float = 0.05,
-                warmup: int = 1) -> dict[str, dict]:
+# Pause before each variant's turn: PyTorch's OpenMP threads spin for a while after their last op, and a
+# JAX variant started inside that window ran 14% slower (51.5 k against 44.3 k tokens/s on a (300, 300)
+# epoch; benchmarks/NOTES.md, attempt 32). The pause lets every variant start on idle cores.
+SETTLE_SECONDS = 0.3
+
+
+def interleaved(variants: dict[str, Variant], *, work, repeats: int = 5, min_seconds: float = 0.05,
+                warmup: int = 1, settle: float | None = None) -> dict[str, dict]:
     """Rates (work per second) of each variant: after warm-up, every round runs each variant once (in an
     order rotated from round to round, so no variant always follows the same one), each for enough
-    back-to-back calls to last about `min_seconds`."""
+    back-to-back calls to last about `min_seconds`, after a `settle` pause. `work`: per call, one
+    figure for every variant or a dict by variant (the course's sampler runs fewer steps)."""
     names = list(variants)
+    settle = SETTLE_SECONDS if settle is None else settle
     inner = {}
     for name, (fn, sync) in variants.items():
         for _ in range(warmup):
@@ -41,7 +49,10 @@ def interleaved(variants: dict[str, Variant], *, work: float, repeats: int = 5, 
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             fn, sync = variants[name]
-            rates[name].append(work / _once(fn, sync, inner[name]))
+            if settle and len(names) > 1:
+                time.sleep(settle)
+            w = work[name] if isinstance(work, dict) else work
+            rates[name].append(w / _once(fn, sync, inner[name]))
     return {n: summary(v) for n, v in rates.items()}
 
 

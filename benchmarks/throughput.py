@@ -51,6 +51,83 @@ def commit() -> str:
         return ""
 
 
+def by_layout(args, argv) -> None:
+    """On a CPU, each width is timed in the device layout `seqgen train` gives it (one device per core
+    below H = 128, one device using every core from there; seqgen_jax/_devices.py): one child process
+    per layout, their rows merged into one table."""
+    import tempfile
+
+    from seqgen_jax._devices import ONE_DEVICE_FROM_HIDDEN
+
+    widths = sorted({(e, h) for e, h, _ in (MODELS if not args.quick else [(32, 16, 6), (300, 300, 6)])})
+    groups = {"per_core": [w for w in widths if w[1] < ONE_DEVICE_FROM_HIDDEN],
+              "one_device": [w for w in widths if w[1] >= ONE_DEVICE_FROM_HIDDEN]}
+    rows, meta = [], None
+    base = list(argv if argv is not None else sys.argv[1:])
+    child_args, skip = [], False
+    for a in base:  # each child writes its own JSON
+        if skip:
+            skip = False
+        elif a == "--json":
+            skip = True
+        elif not a.startswith("--json="):
+            child_args.append(a)
+    for layout, ws in groups.items():
+        if not ws:
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d) / "part.json"
+            env = dict(os.environ)
+            if layout == "one_device":
+                env["SEQGEN_CPU_DEVICES"] = "1"
+            print(f"-- {layout}: {', '.join(f'({e},{h})' for e, h in ws)}", flush=True)
+            subprocess.run([sys.executable, str(Path(__file__).resolve()), *child_args, "--json", str(out),
+                            "--models", ",".join(f"{e}x{h}" for e, h in ws)], env=env, check=True)
+            part = json.loads(out.read_text())
+        for r in part["rows"]:
+            r["layout"] = layout
+        rows += part["rows"]
+        meta = meta or part["meta"]
+    meta["layouts"] = {k: [f"({e},{h})" for e, h in v] for k, v in groups.items()}
+    meta["command"] = "python benchmarks/throughput.py " + " ".join(base)
+    ratios = [r["ratio_best"] for r in rows if r.get("ratio_best")]
+    train_ratios = [r["ratio_best"] for r in rows if r.get("ratio_best") and r["kind"] == "train"]
+    meta["geomean_ratio_best"] = float(np.exp(np.mean(np.log(ratios)))) if ratios else None
+    meta["geomean_ratio_best_train"] = float(np.exp(np.mean(np.log(train_ratios)))) if train_ratios else None
+    print_table(meta, rows)
+    write(args.json, meta, rows)
+
+
+def print_table(meta: dict, out_rows: list) -> None:
+    print()
+    print(f"device {meta['device']} ({meta['backend']}), jax {meta['jax']}, torch {meta.get('torch', '-')}, "
+          f"precision {meta['precision']}, {meta['repeats']} interleaved repeats, {meta['date']}, commit {meta['commit']}")
+    print("| kind | what | seqgen_jax tok/s median (min–max) | best PyTorch (variant) | ÷ best | lead | "
+          "PyTorch careful | ÷ careful | fold off |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    g = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    for r in out_rows:
+        ld = {True: "yes", False: "no", None: "-"}[r["lead"]]
+        b = r.get("best_torch")
+        print(f"| {r['kind']} | {r['what']} | {harness.fmt_stats(r.get('jax'))} | "
+              f"{harness.fmt_stats(r.get(b) if b else None)} ({b or '-'}) | {g(r['ratio_best'])} | {ld} | "
+              f"{harness.fmt_stats(r.get('torch_careful'))} | {g(r['ratio_careful'])} | "
+              f"{harness.fmt_stats(r.get('jax_nofold'))} |")
+    if meta["geomean_ratio_best"]:
+        print(f"geometric mean seqgen_jax ÷ best PyTorch (medians): all rows {meta['geomean_ratio_best']:.2f}, "
+              f"train rows {g(meta['geomean_ratio_best_train'])}; leads beyond the spread: "
+              f"{sum(bool(r['lead']) for r in out_rows)} of {len(out_rows)} rows")
+
+
+def write(path: str, meta: dict, out_rows: list) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps({"meta": meta, "rows": out_rows}, indent=2))
+    tmp.replace(out)
+    print(f"wrote {out}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="15,000-string epochs, two models and shorter "
@@ -66,13 +143,23 @@ def main(argv=None):
     ap.add_argument("--only", choices=("train", "epoch", "sample"), action="append",
                     help="run only these kinds of rows (repeatable)")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, to check the harness itself (tests)")
+    ap.add_argument("--models", help=argparse.SUPPRESS)  # a child's share of the rows: ExH[,...]
     args = ap.parse_args(argv)
+    if args.device == "cpu" and not args.smoke and args.models is None:
+        return by_layout(args, argv)
     models, shapes, epoch_size, sample_ns, sample_len = MODELS, SHAPES, (300, 300), (1000, 10), 200
     if args.quick:
         models = [(32, 16, 6), (300, 300, 6)]
     if args.smoke:
         models, shapes, epoch_size, sample_ns, sample_len = [(8, 8, 6)], [(20, 5)], (8, 8), (10,), 20
+    keep = None
+    if args.models is not None:  # a child process: only these widths (the layout is its parent's choice)
+        keep = {tuple(int(x) for x in m.split("x")) for m in args.models.split(",") if m}
+        models = [m for m in models if (m[0], m[1]) in keep]
+        epoch_size = epoch_size if epoch_size in keep else None
     kinds = set(args.only or ("train", "epoch", "sample"))
+    if args.smoke:
+        harness.SETTLE_SECONDS = 0.0  # the harness, not the machine, is under test
     if args.device == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
@@ -146,7 +233,7 @@ def main(argv=None):
                 add("train", f"({e},{h}) V={V} {B}x{T}", harness.interleaved(variants, work=B * T, repeats=rep,
                                                                             min_seconds=min_s), compile_s=comp, **tcomp)
 
-    if "epoch" in kinds:
+    if "epoch" in kinds and epoch_size is not None:
         from seqgen_jax.data import Brackets
 
         n_str = 300 if args.smoke else 15_000 if args.quick else 150_000
@@ -179,18 +266,20 @@ def main(argv=None):
 
     if "sample" in kinds:
         course_len = sample_len // 4 if (args.quick or args.smoke) else sample_len
-        ee, eh = epoch_size
+        sample_models = [(8, 8, 6)] if args.smoke else [(300, 300, 6), (32, 16, 6)]
+        if keep is not None:
+            sample_models = [m for m in sample_models if (m[0], m[1]) in keep]
         for n in sample_ns:
-            for e, h, V in ((ee, eh, 6),) if args.smoke else ((300, 300, 6), (32, 16, 6)):
+            for e, h, V in sample_models:
                 variants = {"jax": R.jax_sample(e, h, V, n, sample_len)}
                 tv, tcomp = torch_variants(lambda **kw: R.torch_sample(e, h, V, n, sample_len, device=args.device,
                                                                        **kw))
                 variants.update(tv)
-                stats = harness.interleaved(variants, work=n * sample_len, repeats=rep, min_seconds=min_s)
-                if have_torch:  # the re-run loop is slow: timed apart, fewer rounds
-                    stats.update(harness.interleaved(
-                        {"torch_course": R.torch_sample(e, h, V, n, course_len, device=args.device, careful=False)},
-                        work=n * course_len, repeats=max(1, rep // 2), min_seconds=0.0, warmup=0))
+                work = {k: n * sample_len for k in variants}
+                if have_torch:  # the course's re-run loop, interleaved too, over fewer steps (it is slow)
+                    variants["torch_course"] = R.torch_sample(e, h, V, n, course_len, device=args.device, careful=False)
+                    work["torch_course"] = n * course_len
+                stats = harness.interleaved(variants, work=work, repeats=rep, min_seconds=min_s)
                 add("sample", f"({e},{h}) {n}x{sample_len} (re-run {n}x{course_len})", stats, **tcomp)
 
     ratios = [r["ratio_best"] for r in out_rows if r["ratio_best"]]
@@ -209,30 +298,8 @@ def main(argv=None):
     geo = lambda xs: float(np.exp(np.mean(np.log(xs)))) if xs else None  # noqa: E731
     meta["geomean_ratio_best"] = geo(ratios)
     meta["geomean_ratio_best_train"] = geo(train_ratios)
-    print()
-    print(f"device {meta['device']} ({meta['backend']}), jax {meta['jax']}, torch {meta.get('torch', '-')}, "
-          f"precision {args.precision}, {rep} interleaved repeats, {meta['date']}, commit {meta['commit']}")
-    print("| kind | what | seqgen_jax tok/s median (min–max) | best PyTorch (variant) | ÷ best | lead | "
-          "PyTorch careful | ÷ careful | fold off |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    g = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-    for r in out_rows:
-        ld = {True: "yes", False: "no", None: "-"}[r["lead"]]
-        b = r.get("best_torch")
-        print(f"| {r['kind']} | {r['what']} | {harness.fmt_stats(r.get('jax'))} | "
-              f"{harness.fmt_stats(r.get(b) if b else None)} ({b or '-'}) | {g(r['ratio_best'])} | {ld} | "
-              f"{harness.fmt_stats(r.get('torch_careful'))} | {g(r['ratio_careful'])} | "
-              f"{harness.fmt_stats(r.get('jax_nofold'))} |")
-    if meta["geomean_ratio_best"]:
-        print(f"geometric mean seqgen_jax ÷ best PyTorch (medians): all rows {meta['geomean_ratio_best']:.2f}, "
-              f"train rows {g(meta['geomean_ratio_best_train'])}; leads beyond the spread: "
-              f"{sum(bool(r['lead']) for r in out_rows)} of {len(out_rows)} rows")
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps({"meta": meta, "rows": out_rows}, indent=2))
-    tmp.replace(out)
-    print(f"wrote {out}")
+    print_table(meta, out_rows)
+    write(args.json, meta, out_rows)
 
 
 if __name__ == "__main__":

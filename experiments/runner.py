@@ -2,7 +2,11 @@
 
 Each configuration trains into DIR/<study>/<name>/ (a normal run directory), skipping finished ones
 and resuming interrupted ones, optionally in parallel processes (one per device on a multi-GPU
-machine), then is evaluated on the test split; the study writes summary.json, summary.md and plots."""
+machine), then is evaluated on the test split; the study writes summary.json, summary.md and plots.
+Configurations that differ only in one setting a sweep can vary inside one program (the learning
+rate, the clip, Adam's b1/b2, the warm-up), and every configuration when `--seeds N` asks for
+several seeds, train as one `seqgen sweep` into DIR/<study>/<group>/<member>/; their rows give the
+mean and standard deviation over the seeds."""
 from __future__ import annotations
 
 import argparse
@@ -15,8 +19,12 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from seqgen_jax.run import RunDir  # noqa: E402
 
 
 @dataclass
@@ -29,6 +37,11 @@ class Study:
     objective: str = "kl_bits_per_token"  # sorted ascending
     claims: dict[str, str] = field(default_factory=dict)  # config name -> the report's words
     eval_args: tuple = ("--samples", "1000", "--temperatures", "0,1", "--max-len", "500")
+    seeds: int = 1  # seeds per configuration (`--seeds` overrides)
+
+
+VMAPPABLE = ("train.lr", "train.clip", "train.adam_b1", "train.adam_b2", "train.warmup_steps")
+_STATS = ("test_ce", "final_val_ce", "kl_bits_per_token", "valid_0", "valid_1", "prefix_valid_rate", "bits_per_char")
 
 
 def _train_one(args: tuple) -> dict:
@@ -56,12 +69,86 @@ def _train_one(args: tuple) -> dict:
         p = subprocess.run(cmd + ([] if "--resume" in cmd else flags), capture_output=True, text=True, env=env)
         if p.returncode:
             return {"config": name, "error": p.stderr.strip().splitlines()[-1] if p.stderr else "failed"}
+    try:
+        ev = _evaluate(run, eval_args, env)
+    except RuntimeError as e:
+        return {"config": name, "error": str(e)}
+    return _row(name, ev, rd.epoch_records(), overrides)
+
+
+def _evaluate(run: Path, eval_args: tuple, env=None) -> dict:
     p = subprocess.run([sys.executable, "-m", "seqgen_jax", "eval", str(run), "--split", "test", "--json",
                         *eval_args], capture_output=True, text=True, env=env)
     if p.returncode:
-        return {"config": name, "error": p.stderr.strip().splitlines()[-1] if p.stderr else "eval failed"}
-    ev = json.loads(p.stdout)
-    epochs = rd.epoch_records()
+        raise RuntimeError(p.stderr.strip().splitlines()[-1] if p.stderr else "eval failed")
+    return json.loads(p.stdout)
+
+
+def groups_of(configs: dict[str, dict], seeds: int) -> list[list[str]]:
+    """Configurations that can share one program: the same except in one vmappable setting (or
+    alone, when more than one seed is asked for)."""
+    by_key: dict[tuple, list[str]] = {}
+    for name, o in configs.items():
+        shared = {k: v for k, v in o.items() if k not in VMAPPABLE}
+        by_key.setdefault((json.dumps(shared, sort_keys=True), tuple(sorted(k for k in o if k in VMAPPABLE))),
+                          []).append(name)
+    out = []
+    for names in by_key.values():
+        varying = [k for k in VMAPPABLE if len({json.dumps(configs[n].get(k)) for n in names}) > 1]
+        if len(varying) <= 1 and (len(names) > 1 or seeds > 1):
+            out.append(names)
+        else:
+            out += [[n] for n in names]
+    return out
+
+
+def _sweep_group(args: tuple) -> list[dict]:
+    """One group of configurations x seeds as one `seqgen sweep`, each member evaluated; one row per
+    configuration with the mean and spread over its seeds."""
+    study_dir, names, dataset, configs, seeds, eval_args = args
+    shared = {k: v for k, v in configs[names[0]].items() if k not in VMAPPABLE}
+    varying = [k for k in VMAPPABLE if len({json.dumps(configs[n].get(k)) for n in names}) > 1]
+    run_dir = Path(study_dir) / ("+".join(names) if len(names) <= 3 else f"{names[0]}+{len(names) - 1}")
+    cmd = [sys.executable, "-m", "seqgen_jax", "sweep", dataset, "--run-dir", str(run_dir), "--seeds", str(seeds),
+           *_flags({**shared, **{k: configs[names[0]][k] for k in VMAPPABLE if k in configs[names[0]] and k not in varying}})]
+    if varying:
+        cmd += ["--grid", f"{varying[0]}=" + ",".join(str(configs[n][varying[0]]) for n in names)]
+    done = (run_dir / "sweep.json").exists()
+    if not done:
+        p = subprocess.run(cmd + (["--resume"] if (run_dir / "sweep-plan.json").exists() else []),
+                           capture_output=True, text=True)
+        if p.returncode:
+            return [{"config": n, "error": p.stderr.strip().splitlines()[-1] if p.stderr else "failed"} for n in names]
+    report = json.loads((run_dir / "sweep.json").read_text())
+    rows = []
+    for n in names:
+        want = {varying[0]: configs[n][varying[0]]} if varying else {}
+        members = [m["name"] for m in report["ranked"] if all(m["values"].get(k) == v for k, v in want.items())]
+        per = []
+        for m in sorted(members):
+            try:
+                ev = _evaluate(run_dir / m, eval_args)
+            except RuntimeError as e:
+                per.append({"error": str(e)})
+                continue
+            epochs = RunDir(run_dir / m).epoch_records()
+            per.append(_row(n, ev, epochs, configs[n]))
+        ok = [r for r in per if "error" not in r]
+        if not ok:
+            rows.append({"config": n, "error": per[0]["error"] if per else "no members"})
+            continue
+        row = dict(ok[0])
+        row.update({"seeds": len(ok), "members": sorted(members), "run_dir": str(run_dir)})
+        for k in _STATS:
+            vals = [r[k] for r in ok if r.get(k) is not None]
+            if vals:
+                row[k] = float(np.mean(vals))
+                row[f"{k}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def _row(name: str, ev: dict, epochs: list[dict], overrides: dict) -> dict:
     last = epochs[-1]
     row = {"config": name, "epochs": last["epoch"], "wall_s": last.get("elapsed"),
            "tokens_per_s": sum(e["tokens_per_s"] for e in epochs) / len(epochs),
@@ -105,6 +192,17 @@ def _plots(study: Study, rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def _pm(r: dict, k: str, d: int = 4) -> str:
+    """A figure, with its standard deviation over seeds when there are several."""
+    if r.get(k) is None:
+        return "-"
+    return f"{r[k]:.{d}f} ± {r[f'{k}_std']:.{d}f}" if f"{k}_std" in r and r.get("seeds", 1) > 1 else f"{r[k]:.{d}f}"
+
+
+def _seeds(r: dict) -> str:
+    return f" ({r['seeds']} seeds)" if r.get("seeds", 1) > 1 else ""
+
+
 def write_summary(study: Study, rows: list[dict], out: Path, note: str) -> None:
     ok = [r for r in rows if "error" not in r]
     obj = study.objective if all(study.objective in r for r in ok) else "test_ce"
@@ -118,9 +216,10 @@ def write_summary(study: Study, rows: list[dict], out: Path, note: str) -> None:
         lines += ["| config | epochs | wall s | tokens/s | val CE | test CE | KL | valid T=0 | valid T=1 | report |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in ok:
-            lines.append(f"| {r['config']} | {r['epochs']} | {r['wall_s']:.0f} | {r['tokens_per_s'] / 1e3:.0f} k | "
-                         f"{r['final_val_ce']:.4f} | {r['test_ce']:.4f} | {r['kl_bits_per_token']:.4f} | "
-                         f"{r['valid_0']:.3f} | {r['valid_1']:.3f} | {study.claims.get(r['config'], '')} |")
+            lines.append(f"| {r['config']}{_seeds(r)} | {r['epochs']} | {r['wall_s']:.0f} | "
+                         f"{r['tokens_per_s'] / 1e3:.0f} k | {_pm(r, 'final_val_ce')} | {_pm(r, 'test_ce')} | "
+                         f"{_pm(r, 'kl_bits_per_token')} | {_pm(r, 'valid_0', 3)} | {_pm(r, 'valid_1', 3)} | "
+                         f"{study.claims.get(r['config'], '')} |")
     else:
         lines += ["| config | epochs | wall s | tokens/s | val bits/char | test bits/char | repetition T=0.8 (real) | report |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -147,7 +246,10 @@ def main(study: Study, argv=None) -> None:
     ap.add_argument("--workers", type=int, default=1, help="parallel processes (one per GPU on a multi-GPU box)")
     ap.add_argument("--list", action="store_true", help="print the configuration names and exit")
     ap.add_argument("--imdb", help="IMDb archive or folder (else $SEQGEN_IMDB)")
+    ap.add_argument("--seeds", type=int, help=f"seeds per configuration (default {study.seeds}); several train as "
+                    "one program with the configurations they can share it with")
     a = ap.parse_args(argv)
+    seeds = a.seeds or study.seeds
     configs = study.quick if a.quick else study.configs
     if a.list:
         print("\n".join(configs))
@@ -165,20 +267,31 @@ def main(study: Study, argv=None) -> None:
     if a.imdb:
         configs = {n: {**o, "data.imdb": a.imdb} for n, o in configs.items()}
     n_dev = a.workers
-    jobs = [(str(out), n, study.dataset, o, (i % n_dev if n_dev > 1 and os.environ.get("SEQGEN_PIN_GPUS") else None),
-             study.eval_args) for i, (n, o) in enumerate(configs.items())]
+    groups = groups_of(configs, seeds)
+    singles = [g[0] for g in groups if len(g) == 1 and seeds == 1]
+    jobs = [(str(out), n, study.dataset, configs[n], (i % n_dev if n_dev > 1 and os.environ.get("SEQGEN_PIN_GPUS") else None),
+             study.eval_args) for i, n in enumerate(singles)]
+    sweeps = [(str(out), g, study.dataset, configs, seeds, study.eval_args) for g in groups
+              if not (len(g) == 1 and seeds == 1)]
     t = time.time()
+    rows = []
+
+    def report(r):
+        print(f"[{time.time() - t:6.0f}s] {r['config']}{_seeds(r)}: " +
+              (r["error"] if "error" in r else f"test CE {r['test_ce']:.4f}" +
+               (f", KL {r['kl_bits_per_token']:.4f}, valid T=1 {r['valid_1']:.3f}" if "kl_bits_per_token" in r else "")),
+              flush=True)
+
+    for job in sweeps:  # one program each: they already keep the device busy
+        for r in _sweep_group(job):
+            rows.append(r)
+            report(r)
     if a.workers > 1:
         with ProcessPoolExecutor(a.workers) as ex:
-            rows = list(ex.map(_train_one, jobs))
+            rows += list(ex.map(_train_one, jobs))
     else:
-        rows = []
         for j in jobs:
             rows.append(_train_one(j))
-            r = rows[-1]
-            print(f"[{time.time() - t:6.0f}s] {r['config']}: " +
-                  (r["error"] if "error" in r else f"test CE {r['test_ce']:.4f}" +
-                   (f", KL {r['kl_bits_per_token']:.4f}, valid T=1 {r['valid_1']:.3f}" if "kl_bits_per_token" in r else "")),
-                  flush=True)
+            report(rows[-1])
     write_summary(study, rows, out, note)
     print(f"\n{study.name}: {len(rows)} configurations in {time.time() - t:.0f}s -> {out}/summary.md")

@@ -102,7 +102,7 @@ def config_from_args(a):
     (later ones win), as dotted settings applied once."""
     import os
 
-    from .config import check_types, parse_duration, parse_setting, read_config_file
+    from .config import parse_duration, parse_setting, read_config_file
     from .data import absolute_spec
     from .presets import preset_config
 
@@ -131,9 +131,7 @@ def config_from_args(a):
         given[key] = parse_setting(cfg, key, text)
     if given.get("data.imdb"):  # a relative path must keep working from another folder
         given["data.imdb"] = os.path.abspath(os.path.expanduser(given["data.imdb"]))
-    out = cfg.override(**given)
-    check_types(out, f"--config {a.config}" if a.config else "the settings")
-    return out, given
+    return cfg.override(**given), given  # validated once, by train() or sweep()
 
 
 def cmd_train(a) -> None:

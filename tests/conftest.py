@@ -17,8 +17,13 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SEQGEN_JAX_CACHE", str(base / "xla-cache"))
 
 
-def run_cli(*args, env=None, timeout=600, cwd=None):
-    """`python -m seqgen_jax ARGS` in a fresh process: (returncode, stdout, stderr)."""
+def run_cli(*args, env=None, timeout=600, cwd=None, fresh=False):
+    """`seqgen ARGS`: (returncode, stdout, stderr). In this process (the CLI's own `main`, its output
+    captured) unless the call needs a fresh one: its own environment or folder, or `fresh` (a process
+    to kill, a device layout to choose); a fresh process proves nothing more for the rest and costs a
+    JAX start-up and its compilations."""
+    if cwd is None and not fresh and not set(env or {}) & _BEFORE_JAX:
+        return _in_process(args, env or {})
     e = dict(os.environ)
     e.update(env or {})
     p = subprocess.run([sys.executable, "-m", "seqgen_jax", *map(str, args)], capture_output=True, text=True,
@@ -35,3 +40,34 @@ def one_line_error(rc, out, err, *needles):
     for n in needles:
         assert n in lines[0], (n, lines[0])
     return lines[0]
+
+
+# Read when JAX starts: a call that sets them needs a process of its own.
+_BEFORE_JAX = {"XLA_FLAGS", "SEQGEN_CPU_DEVICES", "JAX_PLATFORMS", "CUDA_VISIBLE_DEVICES"}
+
+
+def _in_process(args, env: dict):
+    import contextlib
+    import io
+    import threading
+
+    from seqgen_jax import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    hooks = (sys.unraisablehook, threading.excepthook)  # the CLI quiets them after an error; keep ours
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: str(v) for k, v in env.items()})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = cli.main([str(a) for a in args])
+            except SystemExit as e:  # argparse
+                rc = e.code if isinstance(e.code, int) else 2
+    finally:
+        sys.unraisablehook, threading.excepthook = hooks
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return rc, out.getvalue(), err.getvalue()

@@ -26,3 +26,23 @@ def test_runner_trains_skips_and_summarises(tmp_path):
     main(study, ["--out", str(tmp_path), "--quick"])  # finished: evaluated again, not retrained
     assert (run / "metrics.jsonl").read_text() == before
     assert list((tmp_path / "tiny").glob("comparison_*.png"))
+
+
+def test_runner_sweeps_learning_rates_and_seeds_in_one_program(tmp_path):
+    """Configurations that differ only in the learning rate train as one sweep; with --seeds 2 each
+    row is the mean of its two members and summary.md shows the spread."""
+    from runner import groups_of
+
+    cfgs = {"lo": {**TINY, "train.lr": 0.003}, "hi": {**TINY, "train.lr": 0.02}, "wide": {**TINY, "model.hidden": 12,
+                                                                                      "train.lr": 0.02}}
+    assert sorted(map(sorted, groups_of(cfgs, 1))) == [["hi", "lo"], ["wide"]]
+    study = Study(name="grid", dataset="brackets", configs=cfgs, quick={k: cfgs[k] for k in ("lo", "hi")},
+                  quick_note="two learning rates", eval_args=("--samples", "20", "--temperatures", "0,1", "--max-len", "100"))
+    main(study, ["--out", str(tmp_path), "--quick", "--seeds", "2"])
+    summary = json.loads((tmp_path / "grid" / "summary.json").read_text())
+    rows = {r["config"]: r for r in summary["rows"]}
+    assert set(rows) == {"lo", "hi"} and all(r["seeds"] == 2 and "kl_bits_per_token_std" in r for r in rows.values())
+    (sweep_dir,) = [p for p in (tmp_path / "grid").iterdir() if (p / "sweep.json").exists()]
+    assert len([p for p in sweep_dir.iterdir() if p.is_dir()]) == 4  # 2 learning rates x 2 seeds, one program
+    assert rows["lo"]["members"] != rows["hi"]["members"]
+    assert " ± " in (tmp_path / "grid" / "summary.md").read_text()

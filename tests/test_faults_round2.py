@@ -262,3 +262,11 @@ def test_length_ranges_are_refused_for_text(capsys, tmp_path, corpus):
     one_line(*main(capsys, "train", f"text:{corpus}", "--run-dir", tmp_path / "r", *T, "--train-lengths", "1-4"),
              "languages")
     assert not (tmp_path / "r").exists()
+
+
+def test_printed_eval_and_sample_of_a_text_run(capsys, text_run):
+    """Without --json, as a newcomer runs them first (the intervals and per-temperature dicts print)."""
+    rc, out, err = main(capsys, "eval", text_run, "--samples", "3", "--max-len", "30")
+    assert rc == 0 and "Traceback" not in err and "bits_per_char:" in out and "repetition_rate: T=" in out, err
+    rc, out, err = main(capsys, "sample", text_run, "--n", "2", "--max-len", "30")
+    assert rc == 0 and out.strip(), err

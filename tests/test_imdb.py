@@ -223,6 +223,11 @@ def test_carried_state_and_scoring_every_test_review(tmp_path):
     rc, out, err = run_cli(*ev, env=env)
     assert rc == 0, err
     assert json.loads(out)["n_sequences"] == 6
+    # The printed figures, not only --json (what a newcomer reads), and samples.
+    rc, out, err = run_cli(*[a for a in ev if a != "--json"], env=env)
+    assert rc == 0 and "Traceback" not in err and "bits_per_char:" in out, err
+    rc, out, err = run_cli("sample", run, "--n", "2", "--max-len", "20", env=env)
+    assert rc == 0 and len(out.splitlines()) >= 2, err
     rc, out, err = run_cli(*ev, "--limit", "all", env=env)
     assert rc == 0, err
     d = json.loads(out)

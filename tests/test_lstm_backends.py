@@ -233,3 +233,18 @@ def test_model_auto_reaches_pallas_by_shape(monkeypatch):
         text = jax.jit(lambda p, t: apply_tm(p, t, cfg=cfg)[0]).trace(params, tokens).lower(
             lowering_platforms=("cuda",)).as_text()
         assert text.count("__gpu$xla.gpu.triton") == calls, (hidden, calls)
+
+
+@pytest.mark.parametrize("H", [24, 48, 64])
+def test_auto_sends_widths_17_to_64_to_pallas_and_it_matches_plain_autodiff(monkeypatch, H):
+    """The widths the H200 round did not measure but `auto` sends to the Pallas kernel on one GPU
+    (H <= 64 over >= 32 steps): the model as `auto` resolves it for CUDA, run in interpret mode here,
+    against the plain-autodiff reference (values and gradients)."""
+    monkeypatch.setattr(lstm, "platform", lambda: "cuda")
+    monkeypatch.setattr(jax, "device_count", lambda *a: 1)
+    assert lstm.resolve("auto", hidden=H, steps=32).backend.name == "pallas"
+    calls = []
+    real = lstm_pallas.recurrence
+    monkeypatch.setattr(lstm_pallas, "recurrence", lambda *a, **k: calls.append(1) or real(*a, **k))
+    _check_model_against_reference("auto", 7, 5, H, 1, 3, 32)
+    assert calls, "auto did not reach the Pallas kernel"
