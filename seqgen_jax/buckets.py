@@ -310,6 +310,6 @@ class BucketFeed:
         out = []
         for b, bk in enumerate(self.plan.buckets):
             idx = self.place.pad_idx(np.zeros((self.members, 1, bk.batch), np.int32), 0)
-            xs, lv = self.place.put_block(idx, np.ones((self.members, 1), bool), members=self.members > 1)
+            xs, lv = self.place.put_block(idx, np.zeros((self.members, 1), bool), members=self.members > 1)
             out.append((state, self.split.data[b], xs, lv))
         return out

@@ -201,29 +201,33 @@ class JitBlockRunner:
 
     def __init__(self, jitted):
         self.jitted = jitted
-        self.compiled: dict = {}
+        self.warm: set = set()
 
     @staticmethod
     def _key(*args):
         return tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(args))
 
     def compile(self, examples) -> float:
-        """examples: [(state, data, xs, live)] with arrays placed as the loop will pass them."""
+        """examples: [(state, data, xs, live)] placed as the loop will pass them. Each shape is compiled
+        by one call on a copy of the state with every step dead (nothing runs), which fills jit's own
+        cache: an ahead-of-time executable would cost ~1 ms more per call (benchmarks/NOTES.md)."""
         jobs = []
-        for args in examples:
-            key = self._key(*args[1:])
-            if key not in self.compiled:
-                self.compiled[key] = None
+        for state, data, xs, live in examples:
+            key = self._key(data, xs, live)
+            if key in self.warm:
+                continue
+            self.warm.add(key)
 
-                def job(args=args, key=key):
-                    self.compiled[key] = self.jitted.lower(*args).compile()
+            def job(state=state, data=data, xs=xs, live=live):
+                copy = jax.tree.map(lambda a: a.copy(), state)
+                dead = jax.tree.map(lambda a: a.copy(), live)
+                jax.block_until_ready(self.jitted(copy, data, xs, dead))
 
-                jobs.append(job)
+            jobs.append(job)
         return _compile_all(jobs)
 
     def __call__(self, state, data, xs, live):
-        fn = self.compiled.get(self._key(data, xs, live)) or self.jitted
-        return fn(state, data, xs, live)
+        return self.jitted(state, data, xs, live)
 
 
 class HostBlockRunner:
@@ -239,19 +243,18 @@ class HostBlockRunner:
         return _compile_all(jobs)
 
     def __call__(self, state, data, xs, live):
+        """Metrics come back as lists of per-step device scalars (0.0 for dead steps): stacking them on
+        the device cost a synchronous dispatch per block, half an epoch's time at (32, 16)."""
         losses, norms = [], []
-        zero = jnp.zeros((), jnp.float32)
         for k in range(len(live)):
             if live[k]:
                 state, m = self.step(state, data, xs[k])
                 losses.append(m["loss"])
                 norms.append(m["grad_norm"])
             else:
-                losses.append(zero)
-                norms.append(zero)
-        dev = self.step.devices[0]
-        return state, {"loss": jnp.stack([jax.device_put(x, dev) for x in losses]),
-                       "grad_norm": jnp.stack([jax.device_put(x, dev) for x in norms])}
+                losses.append(0.0)
+                norms.append(0.0)
+        return state, {"loss": losses, "grad_norm": norms}
 
 
 def _device_shares(devices, data, idx):
@@ -302,7 +305,7 @@ class HostParallelStep:
         self.grads = jax.jit(grads)
         self.ravel = jax.jit(lambda params: ravel_pytree(params)[0])
         self.update = jax.jit(update, donate_argnums=(0,))
-        self._aot: dict = {}  # (device index, shapes) -> compiled `grads`
+        self._warm: set = set()  # (device index, shapes) compiled ahead
 
     @staticmethod
     def _shape_key(d, piece, part, carry):
@@ -327,24 +330,24 @@ class HostParallelStep:
             self._unravel = ravel_pytree(params)[1]
 
     def compile_jobs(self, state, data, x):
-        """Ahead-of-time compilations of this step's shapes on every device (jobs to run on threads)."""
+        """Compilations of this step's shapes on every device, ahead of the first step (jobs to run
+        on threads): one call each on zeros, which fills jit's own cache. Ahead-of-time executables
+        (`lower().compile()`) would do it too, but calling one costs about 1 ms more than jit's C++
+        path, twice a step here (benchmarks/NOTES.md, attempt 32)."""
         self._ensure_unravel(state["params"])
         n_flat = sum(int(np.prod(l.shape)) for l in jax.tree.leaves(state["params"]))
         jobs = []
         for d, (dev, piece, part, carry) in enumerate(self._shares(data, x, state.get("carry"))):
-            sds = lambda a, dev=dev: jax.ShapeDtypeStruct(a.shape, a.dtype,  # noqa: E731
-                                                          sharding=jax.sharding.SingleDeviceSharding(dev))
-            flat = jax.ShapeDtypeStruct((n_flat,), jnp.float32, sharding=jax.sharding.SingleDeviceSharding(dev))
-            key = dropout_key(self.cfg, jnp.int32(0))
-            args = (flat, sds(piece), sds(part), None if carry is None else tuple(sds(c) for c in carry),
-                    None if key is None else jax.device_put(key, dev))
             key_ = self._shape_key(d, piece, part, carry)
-            if key_ in self._aot:
+            if key_ in self._warm:
                 continue
-            self._aot[key_] = None
+            self._warm.add(key_)
+            key = dropout_key(self.cfg, jnp.int32(0))
 
-            def job(args=args, key_=key_):
-                self._aot[key_] = self.grads.lower(*args).compile()
+            def job(dev=dev, piece=piece, part=part, carry=carry, key=key):
+                flat = jax.device_put(jnp.zeros((n_flat,), jnp.float32), dev)
+                jax.block_until_ready(self.grads(flat, piece, part, carry,
+                                                 None if key is None else jax.device_put(key, dev)))
 
             jobs.append(job)
         return jobs
@@ -358,8 +361,7 @@ class HostParallelStep:
         outs, carries = [], []
         for d, (dev, piece, part, carry) in enumerate(self._shares(data, x, state.get("carry"))):
             k = None if key is None else jax.device_put(jax.random.fold_in(key, d), dev)
-            fn = self._aot.get(self._shape_key(d, piece, part, carry)) or self.grads
-            vec, new_carry = fn(jax.device_put(self._flat, dev), piece, part, carry, k)
+            vec, new_carry = self.grads(jax.device_put(self._flat, dev), piece, part, carry, k)
             outs.append(jax.device_put(vec, self.devices[0]))
             carries.append(new_carry)
         core = {k: v for k, v in state.items() if k != "carry"}
@@ -376,4 +378,4 @@ class HostParallelStep:
 
     def compilations(self) -> int:
         """Compiled shapes (each once per device), ahead of time or on first use."""
-        return (self.grads._cache_size() + sum(v is not None for v in self._aot.values())) // len(self.devices)
+        return self.grads._cache_size() // len(self.devices)

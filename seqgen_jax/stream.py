@@ -75,26 +75,38 @@ def stream_matrix(ids: np.ndarray, B: int, cols: int) -> np.ndarray:
     return out.reshape(B, cols)
 
 
-def assign_rows(lens: np.ndarray, B: int, rank: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(row of each string, tokens of each row) for framed strings of `lens`: longest first, each to
-    the row that holds the fewest tokens so far (LPT), so the rows end within a short string of each
-    other and of max(sum / B, the longest string). Strings of equal length are taken in `rank` order
-    (the epoch's random order); the rows' loads do not depend on it, so every epoch has as many steps."""
+def lpt_slots(lens: np.ndarray, B: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row of the i-th longest string, tokens of each row): longest first, each to the row that holds
+    the fewest tokens so far (LPT), so the rows end within a short string of each other and of
+    max(sum / B, the longest string). It depends only on the multiset of lengths, so it is computed
+    once per run; an epoch only decides which string of each length takes which slot."""
     import heapq
 
+    order = np.sort(lens)[::-1]
+    heap = [(0, r) for r in range(B)]
+    slot_row = np.empty(len(order), np.int64)
+    for i, L in enumerate(order.tolist()):
+        load, r = heapq.heappop(heap)
+        slot_row[i] = r
+        heapq.heappush(heap, (load + L, r))
+    return slot_row, np.bincount(slot_row, weights=order, minlength=B).astype(np.int64)
+
+
+def assign_rows(lens: np.ndarray, B: int, rank: np.ndarray | None = None,
+                slots: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(row of each string, tokens of each row) for framed strings of `lens` (`lpt_slots`); strings of
+    equal length take their slots in `rank` order (the epoch's random order)."""
     n = len(lens)
     rank = np.arange(n) if rank is None else rank
-    order = np.lexsort((rank, -lens))
-    heap = [(0, r) for r in range(B)]
+    slot_row, row_len = slots if slots is not None else lpt_slots(lens, B)
+    order = np.lexsort((rank, -lens))  # the i-th longest string (ties in the epoch's order)
     row = np.empty(n, np.int64)
-    for i in order:
-        load, r = heapq.heappop(heap)
-        row[i] = r
-        heapq.heappush(heap, (load + int(lens[i]), r))
-    return row, np.bincount(row, weights=lens, minlength=B).astype(np.int64)
+    row[order] = slot_row
+    return row, row_len
 
 
-def pack_rows(seqs: Ragged, order: np.ndarray, B: int, width: int) -> tuple[np.ndarray, int, np.ndarray]:
+def pack_rows(seqs: Ragged, order: np.ndarray, B: int, width: int,
+              slots: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, int, np.ndarray]:
     """The strings of `seqs`, each framed `.start ... .end`, laid end to end into B rows of `width`
     columns: whole strings to a row (`assign_rows`), each row's strings in the epoch's random `order`,
     padding after. Returns (matrix (B, width) int32, the longest row's length, the strings in the
@@ -102,7 +114,7 @@ def pack_rows(seqs: Ragged, order: np.ndarray, B: int, width: int) -> tuple[np.n
     lens = seqs.lengths + 2
     rank = np.empty(len(order), np.int64)
     rank[order] = np.arange(len(order))  # position of each string in the epoch's order
-    row, row_len = assign_rows(lens, B, rank)
+    row, row_len = assign_rows(lens, B, rank, slots)
     seq = np.lexsort((rank, row))  # by row, then in the epoch's order within the row
     flat = seqs.framed(seq)
     total = int(row_len.sum())
@@ -301,14 +313,14 @@ class WindowFeed:
         # long as the strings need and no row waits in padding for the longest one.
         fit = max(1, int(lens.sum() // lens.max()))
         B = min(rows_for(cfg.train.max_tokens, chunk, nd), max(nd, fit // nd * nd))
-        _, row_len = assign_rows(lens, B)
-        need = int(row_len.max()) + 1
+        slots = lpt_slots(lens, B)
+        need = int(slots[1].max()) + 1
         nwin = -(-(need - 1) // chunk)
         feed = cls(cfg, placement, K, kind="packed", chunk=chunk, B=B, cols=nwin * chunk + 1, carry=True,
                    packed=True, nwin=nwin, tokens_per_epoch=int((seqs.lengths + 1).sum()), seeds=seeds,
                    about=f"{len(seqs):,} strings packed into {B} rows of {nwin * chunk + 1:,} tokens, windows of "
                          f"{chunk}, the state zeroed at each .start")
-        feed._seqs = seqs
+        feed._seqs, feed._slots = seqs, slots
         return feed
 
     # ---- the interface
@@ -341,7 +353,7 @@ class WindowFeed:
         if self.kind == "stream":
             data = self._data[1] if self._data is not None else self.place.put_streams(self._matrix)
         else:
-            mats = [pack_rows(self._seqs, self._order(s, epoch), self.B, self.cols)[0] for s in self.seeds]  # noqa: E501
+            mats = [pack_rows(self._seqs, self._order(s, epoch), self.B, self.cols, self._slots)[0] for s in self.seeds]
             data = self.place.put_streams(mats[0] if self.members == 1 else np.stack(mats), members=self.members > 1)
         self._data = (epoch, data)
         return data
