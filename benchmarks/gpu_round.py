@@ -148,7 +148,6 @@ def part_env(ctx: Ctx) -> None:
 def part_check(ctx):
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from seqgen_jax.lstm import pallas as lp
     from seqgen_jax.lstm import scan as ls
@@ -341,7 +340,6 @@ def part_sweep(ctx):
     each, member-tokens per second."""
     import harness
     import jax
-    import numpy as np
 
     import seqgen_jax as sg
     from seqgen_jax.data import build_dataset
@@ -382,7 +380,19 @@ def part_sweep(ctx):
              note="member-tokens/s; the ratio is the sweep's throughput over one member's")
 
 
-def _cli(args: list[str], timeout: float) -> tuple[int, str, str]:
+def _cli(args: list[str], timeout: float, in_process: bool = False) -> tuple[int, str, str]:
+    """`seqgen ARGS` in a process of its own (a GPU round's training must not share this one's
+    memory), or in this process for the smoke, where a second JAX start-up proves nothing."""
+    if in_process:
+        import contextlib
+        import io
+
+        from seqgen_jax import cli
+
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = cli.main(args)
+        return rc, out.getvalue(), err.getvalue()
     p = subprocess.run([sys.executable, "-m", "seqgen_jax", *args], capture_output=True, text=True, timeout=timeout,
                        cwd=HERE.parent)
     return p.returncode, p.stdout, p.stderr
@@ -398,13 +408,13 @@ def part_quality_text(ctx):
     flags = GPU_TEXT if not ctx.smoke else ["--embed", "8", "--hidden", "16", "--max-tokens", "512", "--chunk", "16",
                                             "--split", "0.1,0.02,0.88", "--max-time", "5s", "--epochs", "1"]
     t0 = time.time()
-    rc, out, err = _cli(["train", f"text:{text}", "--run-dir", str(run), *flags], ctx.time_left() - 30)
+    rc, out, err = _cli(["train", f"text:{text}", "--run-dir", str(run), *flags], ctx.time_left() - 30, ctx.smoke)
     train_s = time.time() - t0
     if rc:
         ctx.emit(kind="quality", what="tiny shakespeare", error=err.strip().splitlines()[-1] if err else str(rc))
         return
     rc, out, err = _cli(["eval", str(run), "--split", "val", "--json", "--samples", "5", "--max-len", "50",
-                         "--temperatures", "0.8"], max(ctx.time_left() - 5, 10))
+                         "--temperatures", "0.8"], max(ctx.time_left() - 5, 10), ctx.smoke)
     ev = json.loads(out) if rc == 0 else {}
     ctx.emit(kind="quality", what="tiny shakespeare val nats/char (64-char windows)", train_s=round(train_s, 1),
              flags=flags, val_nats_window64=ev.get("nats_per_char_window64"), val_nats_stream=ev.get("nats_per_char"),

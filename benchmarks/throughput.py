@@ -254,15 +254,11 @@ def main(argv=None):
             if have_torch and not bf16 and not args.quick:
                 variants["torch_course"] = R.torch_epoch(split, strings, ee, eh, device=args.device, careful=False)
             stats = harness.interleaved(variants, work=tokens, repeats=rep, min_seconds=0.0)
-            best_feed = max(("jax_bucket", "jax_packed"), key=lambda k: stats[k]["median"])
-            stats["jax"] = stats[best_feed]
-            r = add("epoch", f"brackets {n_str} ({ee},{eh}) max {budget}", stats, best_feed=best_feed[4:],
-                    tokens=tokens, packed_over_bucket=harness.ratio(stats["jax_packed"], stats["jax_bucket"]),
-                    **extra, **tcomp)
+            # One row per feed, from the same interleaved rounds (the PyTorch figures are shared).
             for feed in ("bucket", "packed"):
-                b = r.get("best_torch")
-                r[f"ratio_best_{feed}"] = harness.ratio(stats[f"jax_{feed}"], stats.get(b) if b else None)
-                r[f"lead_{feed}"] = harness.lead(stats[f"jax_{feed}"], stats.get(b) if b else None)
+                add("epoch", f"brackets {n_str} ({ee},{eh}) max {budget} {feed}", {**stats, "jax": stats[f"jax_{feed}"]},
+                    feed=feed, tokens=tokens, packed_over_bucket=harness.ratio(stats["jax_packed"], stats["jax_bucket"]),
+                    compile_s=extra["compile_s"][feed], prep_s=extra["prep_s"][feed], **tcomp)
 
     if "sample" in kinds:
         course_len = sample_len // 4 if (args.quick or args.smoke) else sample_len

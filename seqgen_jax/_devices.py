@@ -81,8 +81,14 @@ def enable_compilation_cache() -> None:
     import jax
 
     path = os.environ.get("SEQGEN_JAX_CACHE", str(Path.home() / ".cache" / "seqgen_jax" / "xla"))
+    # Programs that compile faster than this are not worth a disk entry for a user; the test suite sets
+    # 0, since it compiles the same tiny programs in dozens of processes and runs.
+    try:
+        least = float(os.environ.get("SEQGEN_JAX_CACHE_MIN_SECONDS", "0.5"))
+    except ValueError:
+        least = 0.5
     try:
         jax.config.update("jax_compilation_cache_dir", path)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", least)
     except Exception:  # an older/newer JAX without these options still trains
         pass

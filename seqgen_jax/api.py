@@ -206,6 +206,9 @@ def corpus_source(cfg: RunConfig, imdb: str | None) -> RunConfig:
 def load(run_dir, checkpoint: str | int = "latest") -> Run:
     """Restore a run directory: its config.json, vocab.json and an orbax checkpoint ("latest", "best"
     or a step)."""
+    from ._devices import enable_compilation_cache
+
+    enable_compilation_cache()  # sampling and scoring compile per shape too; a second call reuses them
     run = RunDir(run_dir)
     r = run.restore(checkpoint)
     return Run(run, r.config, r.vocab, r.params, int(r.step))

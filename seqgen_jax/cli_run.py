@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from pathlib import Path
 
 from .errors import UserError
 from .config import SCHEDULES

@@ -19,7 +19,6 @@ with block_size = window, the one that compares with a transformer's val loss.
 """
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import jax
@@ -28,7 +27,7 @@ import numpy as np
 
 from .config import RunConfig
 from .data.base import LN2
-from .data.vocab import END_ID, PAD_ID, START_ID, Ragged
+from .data.vocab import PAD_ID, START_ID, Ragged
 from .model import LSTMState, apply_tm, zero_state
 
 

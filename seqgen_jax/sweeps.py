@@ -14,11 +14,11 @@ finite state and reported; the others go on.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -113,60 +113,61 @@ def sweep(cfg: RunConfig, grid: dict[str, list] | None = None, seeds: int = 1, r
     plan = {"dataset": cfg.data.name, "grid": {k: list(v) for k, v in (grid or {}).items()}, "seeds": seeds,
             "members": [n for n, _, _ in members]}
     _open_root(root, plan, resume)
-    lock = root.lock()  # noqa: F841  held for the sweep's life
-    enable_compilation_cache()
-    groups: dict[str, list[int]] = {}
-    for i, (_, c, _) in enumerate(members):
-        groups.setdefault(group_key(c), []).append(i)
-    log(f"sweep of {len(members)} members in {len(groups)} program(s) into {root.path}")
-    t0 = time.time()
-    report_groups = []
-    for gi, idx in enumerate(groups.values()):
-        gcfg = members[idx[0]][1]
-        ds = build_dataset(gcfg.data)
-        check_corpus(gcfg.data, ds, "resuming")
-        fix = {"model.vocab_size": len(ds.vocab), "data.content_hash": ds.info.get("content_hash")}
-        group = []
-        for i in idx:
-            name, c, _ = members[i]
-            m = Member(c.override(**fix), RunDir(root.path / name), name)
-            group.append(m)
-        need = len(group) * member_bytes(group[0].cfg, int((ds.train.lengths + 2).sum()))
-        have = available_bytes()
-        if need > 0.8 * have:
-            fits = max(1, int(0.8 * have // max(need // len(group), 1)))
-            raise UserError(f"this sweep's group of {len(group)} members needs about {need / 2**30:,.1f} GiB, more than "
-                            f"{0.8 * have / 2**30:,.1f} GiB here; run at most {fits} members at once (fewer --seeds "
-                            "or grid values)")
-        member_resume = resume and all(m.run.has_checkpoints() for m in group)
-        locks = []
-        for m in group:
-            if not member_resume:
-                if m.run.exists() and not resume:
-                    raise UserError(f"{m.run.path} already holds a run; pass --resume to continue the sweep")
-                if m.run.path.exists() and not (m.run.path / MARKER).exists() and any(m.run.path.iterdir()):
-                    raise UserError(f"{m.run.path} is not a run of this sweep; move it away")
-                if m.run.exists():  # a first epoch killed before any checkpoint: start this group again
-                    import shutil
+    # `with`, not a name in this frame: a traceback keeps the frame alive, and with it the locks, so
+    # an in-process retry would find its own sweep "in use".
+    with root.lock():
+        enable_compilation_cache()
+        groups: dict[str, list[int]] = {}
+        for i, (_, c, _) in enumerate(members):
+            groups.setdefault(group_key(c), []).append(i)
+        log(f"sweep of {len(members)} members in {len(groups)} program(s) into {root.path}")
+        t0 = time.time()
+        report_groups = []
+        for gi, idx in enumerate(groups.values()):
+            gcfg = members[idx[0]][1]
+            ds = build_dataset(gcfg.data)
+            check_corpus(gcfg.data, ds, "resuming")
+            fix = {"model.vocab_size": len(ds.vocab), "data.content_hash": ds.info.get("content_hash")}
+            group = []
+            for i in idx:
+                name, c, _ = members[i]
+                m = Member(c.override(**fix), RunDir(root.path / name), name)
+                group.append(m)
+            need = len(group) * member_bytes(group[0].cfg, int((ds.train.lengths + 2).sum()))
+            have = available_bytes()
+            if need > 0.8 * have:
+                fits = max(1, int(0.8 * have // max(need // len(group), 1)))
+                raise UserError(f"this sweep's group of {len(group)} members needs about {need / 2**30:,.1f} GiB, more than "
+                                f"{0.8 * have / 2**30:,.1f} GiB here; run at most {fits} members at once (fewer --seeds "
+                                "or grid values)")
+            member_resume = resume and all(m.run.has_checkpoints() for m in group)
+            with contextlib.ExitStack() as locks:
+                for m in group:
+                    if not member_resume:
+                        if m.run.exists() and not resume:
+                            raise UserError(f"{m.run.path} already holds a run; pass --resume to continue the sweep")
+                        if m.run.path.exists() and not (m.run.path / MARKER).exists() and any(m.run.path.iterdir()):
+                            raise UserError(f"{m.run.path} is not a run of this sweep; move it away")
+                        if m.run.exists():  # a first epoch killed before any checkpoint: start this group again
+                            import shutil
 
-                    shutil.rmtree(m.run.path)
-            m.run.check_writable()
-            locks.append(m.run.lock())
-        mesh = make_mesh(gcfg.train.devices)
-        place = Placement(mesh)
-        t_group = time.time()
-        log(f"program {gi + 1}/{len(groups)}: {len(group)} members ({', '.join(m.name for m in group[:4])}"
-            f"{', ...' if len(group) > 4 else ''}) on {place.n_devices} {jax.default_backend()} device(s)")
-        c = build_cohort(group, ds, place, member_resume, log, True, t_group)
-        if c is not None:
-            log(f"  compiled {c.shapes} shape(s) in {c.compile_s:.1f}s; {c.feed.describe()}")
-            run_cohort(c)
-        report_groups.append({"members": [m.name for m in group], "seconds": round(time.time() - t_group, 2),
-                              "compile_seconds": round(c.compile_s, 3) if c is not None else None})
-        del locks
-    report = write_reports(root, members, plan, report_groups)
-    log(f"sweep done in {time.time() - t0:.0f}s: {root.path / 'summary.md'}")
-    return report
+                            shutil.rmtree(m.run.path)
+                    m.run.check_writable()
+                    locks.enter_context(m.run.lock())
+                mesh = make_mesh(gcfg.train.devices)
+                place = Placement(mesh)
+                t_group = time.time()
+                log(f"program {gi + 1}/{len(groups)}: {len(group)} members ({', '.join(m.name for m in group[:4])}"
+                    f"{', ...' if len(group) > 4 else ''}) on {place.n_devices} {jax.default_backend()} device(s)")
+                c = build_cohort(group, ds, place, member_resume, log, True, t_group)
+                if c is not None:
+                    log(f"  compiled {c.shapes} shape(s) in {c.compile_s:.1f}s; {c.feed.describe()}")
+                    run_cohort(c)
+                report_groups.append({"members": [m.name for m in group], "seconds": round(time.time() - t_group, 2),
+                                      "compile_seconds": round(c.compile_s, 3) if c is not None else None})
+        report = write_reports(root, members, plan, report_groups)
+        log(f"sweep done in {time.time() - t0:.0f}s: {root.path / 'summary.md'}")
+        return report
 
 
 def _open_root(root: RunDir, plan: dict, resume: bool) -> None:

@@ -11,6 +11,7 @@ the first step, several at once, and the time is recorded (`compile_seconds`).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, replace
@@ -350,8 +351,13 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, log, dataset, mesh, primar
         run.check_fresh()
     if primary:
         run.check_writable()
-        lock = run.lock()  # noqa: F841  held until this function returns (the file object lives in this frame)
+    # The lock is released by `with` even when the run fails: a traceback keeps this frame (and an
+    # unclosed lock file) alive, so an in-process retry would find its own run "in use".
+    with run.lock() if primary else contextlib.nullcontext():
+        return _train_locked(cfg, run, resume, log, dataset, mesh, primary)
 
+
+def _train_locked(cfg: RunConfig, run: RunDir, resume: bool, log, dataset, mesh, primary: bool) -> dict:
     t_start = time.time()
     ds = dataset if dataset is not None else build_dataset(cfg.data)
     check_corpus(cfg.data, ds, "resuming")

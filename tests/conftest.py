@@ -15,6 +15,9 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     base = tmp_path_factory.getbasetemp()
     monkeypatch.setenv("SEQGEN_CACHE", str(base / "seqgen-cache"))
     monkeypatch.setenv("SEQGEN_JAX_CACHE", str(base / "xla-cache"))
+    # One compilation cache for the whole run, every program in it: the suite compiles the same tiny
+    # programs in many tests and processes (a third of its time before).
+    monkeypatch.setenv("SEQGEN_JAX_CACHE_MIN_SECONDS", "0")
 
 
 def run_cli(*args, env=None, timeout=600, cwd=None, fresh=False):

@@ -9,6 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import one_line_error, run_cli
 
 import seqgen_jax as sg
 from seqgen_jax.data.vocab import END_ID, START_ID
@@ -79,5 +80,8 @@ def test_set_and_config_flags(tmp_path):
         with pytest.raises(UserError, match=msg):
             config_from_args(build_parser().parse_args(["train", "brackets", *bad]))
     f.write_text(json.dumps({"model": {"hidden": "big"}}))
-    with pytest.raises(UserError, match="is not int"):
-        config_from_args(build_parser().parse_args(["train", "brackets", "--config", str(f)]))
+    # Types are checked once, where every route meets (train() and sweep()), so the CLI refuses it
+    # before anything is written.
+    rc, out, err = run_cli("train", "brackets", "--config", str(f), "--run-dir", str(tmp_path / "r"))
+    one_line_error(rc, out, err, "is not int")
+    assert not (tmp_path / "r").exists()

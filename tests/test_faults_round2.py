@@ -6,7 +6,6 @@ import os
 import stat
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -270,3 +269,32 @@ def test_printed_eval_and_sample_of_a_text_run(capsys, text_run):
     assert rc == 0 and "Traceback" not in err and "bits_per_char:" in out and "repetition_rate: T=" in out, err
     rc, out, err = main(capsys, "sample", text_run, "--n", "2", "--max-len", "30")
     assert rc == 0 and out.strip(), err
+
+
+@pytest.mark.parametrize("route", ["train", "sweep"])
+def test_a_run_that_fails_releases_its_lock(tmp_path, monkeypatch, route):
+    """An exception's traceback keeps the failing frame alive (pytest, a notebook, sys.last_traceback);
+    a lock held by a name in that frame would make the user's retry in the same process "in use"."""
+    import seqgen_jax.sweeps as S
+    import seqgen_jax.train as T
+    from seqgen_jax.run import RunDir
+
+    def boom(*a, **k):
+        raise RuntimeError("boom after the lock was taken")
+
+    cfg = sg.config("brackets", **{"model.hidden": 8, "model.embed": 4, "train.epochs": 1,
+                                   "data.n_train": 50, "data.n_val": 10, "data.n_test": 10})
+    d = tmp_path / "r"
+    if route == "train":  # a resumed run: its directory stays when the retry fails
+        sg.train(cfg, run_dir=d, log=lambda s: None)
+    monkeypatch.setattr(T, "build_cohort", boom)
+    with pytest.raises(RuntimeError, match="boom") as failed:
+        if route == "train":
+            sg.train(cfg.override(**{"train.epochs": 2}), run_dir=d, resume=True, log=lambda s: None)
+        else:
+            S.sweep(cfg, seeds=2, run_dir=d, log=lambda s: None)
+    assert failed.traceback  # the frames are still referenced here
+    held = [d] if route == "train" else [d, *(p for p in d.iterdir() if (p / ".lock").exists())]
+    assert len(held) == (1 if route == "train" else 3)
+    for p in held:
+        RunDir(p).lock().close()  # raises "in use by another seqgen process" while the lock is held

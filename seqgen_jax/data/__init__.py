@@ -317,4 +317,5 @@ def load_imdb(final: bool = False, val: int = 5000, seed: int = 0, voc: int | No
 
 
 __all__ = ["Language", "Entropy", "NDFA", "Brackets", "Toy", "Vocab", "Ragged", "Dataset", "get_language",
-           "build_dataset", "course_strings", "load_ndfa", "load_brackets", "load_toy", "load_imdb"]
+           "build_dataset", "course_strings", "load_ndfa", "load_brackets", "load_toy", "load_imdb",
+           "dataset_kind", "default_run_name", "spec_family", "PATH_KINDS", "check_corpus", "length_table"]
