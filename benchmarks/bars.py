@@ -1,6 +1,9 @@
 """The training bars on this machine, end to end through the `seqgen` CLI with default settings.
 
-    python benchmarks/bars.py [--only brackets ndfa toy] [--out benchmarks/results]
+    python benchmarks/bars.py [--only brackets ndfa toy] [--bucket-too] [--out benchmarks/results]
+
+`--only` with no names re-measures the epoch figure alone; rows not re-measured keep their own command
+and commit.
 
 For each dataset: `seqgen train NAME` (preset defaults, an empty compilation cache) timed as
 wall-clock, compilation included, then `seqgen eval RUN --split test --samples 2000`; prints KL, valid rates and the time against the
@@ -37,9 +40,9 @@ def cold(tmp: Path, name: str) -> dict:
     return dict(os.environ, SEQGEN_JAX_CACHE=str(d))
 
 
-def epoch_throughput():
-    """Warm-epoch tokens/s (median of 3 warm epochs) of 150,000 brackets strings at (32, 16), budget
-    10,000, with the feed `seqgen train` picks (auto)."""
+def epoch_throughput(warm: int = 5) -> dict:
+    """Warm-epoch tokens/s of 150,000 brackets strings at (32, 16), budget 10,000, with the feed
+    `seqgen train` picks (auto): median, min and max over `warm` epochs after the first."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import numpy as np
     from rows import jax_epoch
@@ -50,12 +53,13 @@ def epoch_throughput():
     feed = resolve_feed("auto", "language", carry_state=True)
     (run, sync), _, _, tokens = jax_epoch(Brackets().strings(150_000, 0), 32, 16, 10_000, feed=feed)
     times = []
-    for _ in range(4):
+    for _ in range(warm + 1):
         t = time.perf_counter()
         sync(run())
         times.append(time.perf_counter() - t)
-    sec = float(np.median(times[1:]))
-    return tokens / sec, sec
+    rates = tokens / np.array(times[1:])
+    return {"tokens_per_s": float(np.median(rates)), "min": float(rates.min()), "max": float(rates.max()),
+            "seconds": float(np.median(times[1:])), "epochs": warm}
 
 
 def main():
@@ -68,6 +72,7 @@ def main():
     out_path = Path(a.out) / "bars.json"
     results = json.loads(out_path.read_text()) if out_path.exists() else {}  # --only updates its rows
     tmp = Path(tempfile.mkdtemp(prefix="seqgen-bars-"))
+    written = []
     for name in a.only:
         run = tmp / name
         t = time.perf_counter()
@@ -86,6 +91,7 @@ def main():
              "bars": {"seconds": secs, "kl": kl_bar, "valid_rate_1.0": valid_bar},
              "pass": train_s <= secs and e["kl_bits_per_token"] <= kl_bar and e["valid_rate"]["1.0"] >= valid_bar}
         results[name] = r
+        written.append(name)
         print(f"{name:9} train {train_s:6.1f}s (bar {secs}s)  KL {r['kl_bits_per_token']:.4f} (bar {kl_bar})  "
               f"valid T=0 {e['valid_rate']['0.0']:.4f}  T=1 {e['valid_rate']['1.0']:.4f} (bar {valid_bar})  "
               f"{'PASS' if r['pass'] else 'MISS'}", flush=True)
@@ -100,17 +106,23 @@ def main():
             results["brackets_bucket_feed"] = {"train_seconds": train_s, "kl_bits_per_token": e["kl_bits_per_token"],
                                                "valid_rate": e["valid_rate"], "compile_seconds": comp["compile_seconds"],
                                                "shapes": comp["shapes"]}
+            written.append("brackets_bucket_feed")
             print(f"brackets --feed bucket: train {train_s:.1f}s  KL {e['kl_bits_per_token']:.4f}  valid T=1 "
                   f"{e['valid_rate']['1.0']:.4f}  compiled {comp['shapes']} shapes in {comp['compile_seconds']:.1f}s",
                   flush=True)
-    tps, sec = epoch_throughput()
-    results["epoch_brackets_32_16"] = {"tokens_per_s": tps, "seconds": sec, "bar_tokens_per_s": 1.5e6}
-    print(f"epoch of 150,000 brackets strings at (32, 16): {tps / 1e6:.2f} M tokens/s ({sec:.2f} s; bar 1.5 M)")
+    ep = epoch_throughput()
+    results["epoch_brackets_32_16"] = {**ep, "bar_tokens_per_s": 1.5e6}
+    written.append("epoch_brackets_32_16")
+    print(f"epoch of 150,000 brackets strings at (32, 16): {ep['tokens_per_s'] / 1e6:.2f} M tokens/s "
+          f"({ep['min'] / 1e6:.2f}-{ep['max'] / 1e6:.2f} M over {ep['epochs']} warm epochs; bar 1.5 M)")
     import datetime
 
-    results["meta"] = {"date": datetime.date.today().isoformat(), "command": "python benchmarks/bars.py " +
-                       " ".join(sys.argv[1:]), "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"],
-                                                                       capture_output=True, text=True).stdout.strip()}
+    # --only updates some rows: each row carries the command and commit of the run that wrote it.
+    meta = {"date": datetime.date.today().isoformat(), "command": "python benchmarks/bars.py " + " ".join(sys.argv[1:]),
+            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()}
+    for name in written:
+        results[name]["meta"] = meta
+    results["meta"] = meta
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bars.json").write_text(json.dumps(results, indent=2))

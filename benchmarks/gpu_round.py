@@ -202,11 +202,8 @@ def _train_row(ctx, e, h, V, B, T, variants_spec, precision, torch_ok):
         variants["torch_folded"] = R.torch_train(e, h, V, B, T, device=dev, bf16=precision == "bf16", folded=True)
         if not ctx.smoke:
             try:
-                v = R.torch_train(e, h, V, B, T, device=dev, bf16=precision == "bf16", folded=True, compiled=True)
-                t0 = time.perf_counter()
-                v[1](v[0]())
-                compile_s["torch_compiled"] = round(time.perf_counter() - t0, 2)
-                variants["torch_compiled"] = v
+                variants["torch_compiled"], compile_s["torch_compiled"] = R.first_call_timed(
+                    R.torch_train(e, h, V, B, T, device=dev, bf16=precision == "bf16", folded=True, compiled=True))
             except Exception as ex:  # noqa: BLE001
                 skipped["torch_compiled"] = f"{type(ex).__name__}: {str(ex)[:200]}"
     stats = harness.interleaved(variants, work=B * T, repeats=3 if ctx.smoke else 5,
@@ -323,11 +320,8 @@ def part_epoch(ctx):
             variants["torch_folded"] = R.torch_epoch(split, strings, e, h, device=dev, folded=True)
             if not ctx.smoke:
                 try:
-                    v = R.torch_epoch(split, strings, e, h, device=dev, folded=True, compiled=True)
-                    t0 = time.perf_counter()
-                    v[1](v[0]())
-                    comp["torch_compiled"] = round(time.perf_counter() - t0, 2)
-                    variants["torch_compiled"] = v
+                    variants["torch_compiled"], comp["torch_compiled"] = R.first_call_timed(
+                        R.torch_epoch(split, strings, e, h, device=dev, folded=True, compiled=True))
                 except Exception as ex:  # noqa: BLE001
                     skipped["torch_compiled"] = f"{type(ex).__name__}: {str(ex)[:200]}"
         st = harness.interleaved(variants, work=tokens, repeats=2 if ctx.smoke else 4, min_seconds=0.0)

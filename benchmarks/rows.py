@@ -200,3 +200,11 @@ def torch_epoch(split, strings, e, h, *, device="cpu", careful=True, bf16=False,
         epoch["n"] += 1
 
     return run, lambda _: sync(dev)
+
+
+def first_call_timed(variant):
+    """(variant, seconds of its first call): for torch.compile'd variants that call is the compilation,
+    reported apart from the timed rounds."""
+    t = time.perf_counter()
+    variant[1](variant[0]())
+    return variant, round(time.perf_counter() - t, 2)

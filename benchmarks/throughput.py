@@ -21,7 +21,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -209,11 +208,8 @@ def main(argv=None):
         if compiled_ok:
             nonlocal compile_note
             try:
-                v = make(careful=True, folded=True, compiled=True, **kw)
-                t = time.perf_counter()
-                v[1](v[0]())  # the compilation
-                comp["torch_compile_s"] = round(time.perf_counter() - t, 2)
-                out["torch_compiled"] = v
+                out["torch_compiled"], comp["torch_compile_s"] = R.first_call_timed(
+                    make(careful=True, folded=True, compiled=True, **kw))
             except Exception as e:  # noqa: BLE001  the row says why instead of failing the run
                 compile_note = f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
         return out, comp

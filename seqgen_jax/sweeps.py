@@ -33,11 +33,6 @@ VMAPPABLE = ("train.seed", "train.lr", "train.clip", "train.adam_b1", "train.ada
 PLAN = "sweep-plan.json"
 
 
-def _get(cfg: RunConfig, key: str):
-    sec, _, name = key.partition(".")
-    return getattr(getattr(cfg, sec), name)
-
-
 def _fmt(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 

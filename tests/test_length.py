@@ -139,3 +139,30 @@ def test_eval_by_length_decomposes_the_test_cross_entropy(tmp_path):
         assert r["entropy_bits"] == pytest.approx(math.log2(math.comb(2 * m - 2, m - 1) / m), abs=1e-9)
         assert 0.0 <= r["greedy_legal_rate"] <= 1.0
     assert any(r["n_samples"] for r in rows) and (tmp_path / "r" / "by_length.png").exists()
+
+
+def test_toy_truth_by_length_against_its_course_sampler_and_inside_probabilities():
+    """The toy grammar's length tables (over characters) against two independent references: the
+    lengths of the course's own sampler, and the inside algorithm's probabilities of the strings drawn
+    at a length (which must add up to P(|s| = n) and give the conditional entropy)."""
+    toy = get_language("toy")
+    rng = random.Random(3)
+    N = 20_000
+    lens = Counter(len(toy.sample(rng)) for _ in range(N))
+    p = toy.length_probs(40)
+    assert p[:9].sum() == 0 and lens[8] == 0  # "a cat ran" is the shortest sentence
+    z = [(lens[n] - N * p[n]) / math.sqrt(N * p[n] * (1 - p[n])) for n in range(9, 41) if p[n] > 0]
+    assert max(map(abs, z)) < 4.5 and abs(np.mean(z)) < 1.0, z
+    rows = {r["length"]: r for r in toy.by_length(12)}
+    for n in (9, 10, 12):
+        got = Counter(toy.sample_length(rng, n) for _ in range(3_000))
+        assert all(len(s) == n for s in got)
+        strings = sorted(got)
+        q = np.exp2(toy.log2_probs(strings))
+        assert q.sum() == pytest.approx(p[n], rel=1e-9)  # every string of that length was drawn
+        q = q / q.sum()
+        assert rows[n]["p_length"] == pytest.approx(p[n]) and rows[n]["entropy_bits"] == pytest.approx(
+            float(-(q * np.log2(q)).sum()), abs=1e-6)
+        # Drawn with their conditional probabilities: the largest deviation within 4.5 sigma.
+        dev = [abs(got[s] - 3_000 * x) / math.sqrt(3_000 * x * (1 - x)) for s, x in zip(strings, q) if x < 1]
+        assert max(dev, default=0.0) < 4.5, (n, dev)

@@ -98,11 +98,6 @@ class Dataset:
         """`dataset_kind`: "language", "text" or "imdb"."""
         return self.name if self.name in ("text", "imdb") else "language"
 
-    @property
-    def trains_as_stream(self) -> bool:
-        """Whether the training data is also offered as one stream (text corpora, IMDb)."""
-        return self.info.get("train_stream") is not None
-
     def split(self, name: str) -> Ragged:
         if name not in ("train", "val", "test"):
             raise UserError(f"unknown split {name!r}; choose train, val or test")

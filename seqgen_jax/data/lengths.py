@@ -204,6 +204,44 @@ class GrammarTables:
         return out
 
 
+class TableLengths:
+    """Truth by length for a language whose lengths come from `GrammarTables` (the PCFGs, the toy
+    grammar): it supplies `_length_tables(N)` and, where it can, `_exact_entropy_at(tables, n)`."""
+
+    def _length_tables(self, N: int) -> GrammarTables:
+        raise NotImplementedError
+
+    def _exact_entropy_at(self, tables: GrammarTables, n: int) -> float | None:
+        return None  # unknown in closed form: enumeration or Monte-Carlo (base.entropy_at_length)
+
+    def by_length(self, max_len: int) -> list[dict]:
+        from .base import entropy_at_length
+
+        t = self._length_tables(max_len)
+        rng = random.Random(4321)
+        out = []
+        for n in range(max_len + 1):
+            z = t.p_length(n)
+            if z <= 0:
+                continue
+            h = self._exact_entropy_at(t, n)
+            h, exact, se = (h, True, 0.0) if h is not None else entropy_at_length(self, n, z, self.sample_length, rng)
+            out.append({"length": n, "p_length": z, "entropy_bits": h, "exact": exact, "stderr": se})
+        return out
+
+    def length_probs(self, max_len: int) -> np.ndarray:
+        t = self._length_tables(max_len)
+        return np.array([t.p_length(n) for n in range(max_len + 1)])
+
+    def sample_length(self, rng: random.Random, n: int) -> str:
+        from ..errors import UserError
+
+        t = self._length_tables(n)
+        if t.p_length(n) <= 0:
+            raise UserError(f"{self.spec} has no strings of length {n}")
+        return self.render(t.sample(rng, n))
+
+
 class _TooMany(Exception):
     pass
 

@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import UserError
 from .base import LOG2E, Entropy, Language, check_lengths, symbol_problem
 from .earley import Earley, OverBudget
+from .lengths import GrammarTables, TableLengths
 
 TOL = 1e-6
 EARLEY_BUDGET = 200_000  # item operations before a string goes to the inside pass undecided
@@ -151,7 +152,7 @@ def _lse(x: np.ndarray, axis) -> np.ndarray:
         return np.log(np.sum(np.exp(x - m), axis=axis)) + np.squeeze(m, axis=axis)
 
 
-class PCFG(Language):
+class PCFG(TableLengths, Language):
     name = "pcfg"
 
     def __init__(self, path: str | None = None, text: str | None = None):
@@ -410,9 +411,7 @@ class PCFG(Language):
         return bits, tokens + 1.0
 
     # ---- truth by length
-    def _tables(self, N: int):
-        from .lengths import GrammarTables
-
+    def _length_tables(self, N: int) -> GrammarTables:
         if self._lt is None or self._lt.N < N:
             self._lt = GrammarTables(self.rules, self.start, max(N, 2 * self._lt.N if self._lt else N))
         return self._lt
@@ -425,39 +424,14 @@ class PCFG(Language):
             self._unamb = ll1_after_left_factoring(self.rules, self.start)
         return self._unamb
 
-    def by_length(self, max_len: int) -> list[dict]:
-        """P(|s| = n) exactly from the length tables; H(S | |S| = n) exactly from the derivation tables
-        when the grammar is proven unambiguous, else by enumeration or Monte-Carlo (base)."""
-        from .base import entropy_at_length
-
-        t = self._tables(max_len)
-        rng = random.Random(4321)
-        out = []
-        for n in range(max_len + 1):
-            z = t.p_length(n)
-            if z <= 0:
-                continue
-            if self.unambiguous():
-                h, exact, se = t.derivation_entropy_bits(n), True, 0.0
-            else:
-                h, exact, se = entropy_at_length(self, n, z, self.sample_length, rng)
-            out.append({"length": n, "p_length": z, "entropy_bits": h, "exact": exact, "stderr": se})
-        return out
+    def _exact_entropy_at(self, tables: GrammarTables, n: int) -> float | None:
+        # One derivation per string, proven: the derivation entropy at that length is the string's.
+        return tables.derivation_entropy_bits(n) if self.unambiguous() else None
 
     def strings_of_length(self, n: int, cap: int) -> list[str] | None:
         """Every string of length n in the language, or None when there are more than `cap`."""
-        got = self._tables(n).strings(n, cap)
+        got = self._length_tables(n).strings(n, cap)
         return None if got is None else [self.render(t) for t in got]
-
-    def length_probs(self, max_len: int) -> np.ndarray:
-        t = self._tables(max_len)
-        return np.array([t.p_length(n) for n in range(max_len + 1)])
-
-    def sample_length(self, rng: random.Random, n: int) -> str:
-        t = self._tables(n)
-        if t.p_length(n) <= 0:
-            raise UserError(f"{self.spec} has no strings of length {n}")
-        return self.render(t.sample(rng, n))
 
     # ---- entropy
     def entropy(self, n: int = 20_000, seed: int = 12345) -> Entropy:
@@ -516,7 +490,7 @@ class PCFG(Language):
             out[short] = -self.log_probs([self.render(toks[i]) for i in short], drawn=True) * LOG2E
         long = [i for i, t in enumerate(toks) if len(t) > self.EXACT_SCORE]
         if long:
-            t = self._tables(min(self.LENGTH_TABLE, max(len(toks[i]) for i in long)))
+            t = self._length_tables(min(self.LENGTH_TABLE, max(len(toks[i]) for i in long)))
             tail = max(1.0 - sum(t.p_length(k) for k in range(t.N + 1)), 1e-300)
             for i in long:
                 L = len(toks[i])

@@ -14,6 +14,7 @@ import numpy as np
 
 from .base import Entropy, Language, logsumexp
 from .earley import Earley
+from .lengths import _NT, GrammarTables, TableLengths
 
 RULES: dict[str, list[str]] = {
     "_s": ["_s _adv", "_np _vp", "_np _vp _prep _np", "_np _vp ( _prep _np )", "_np _vp _con _s",
@@ -30,7 +31,7 @@ _NONTERMINAL = re.compile("_[a-z]*")
 _START = "_s"
 
 
-class Toy(Language):
+class Toy(TableLengths, Language):
     name = "toy"
 
     def __init__(self):
@@ -162,11 +163,9 @@ class Toy(Language):
         return out
 
     # ---- truth by length (in characters, the model's symbols) ----
-    def _char_tables(self, N: int):
+    def _length_tables(self, N: int):
         """Length tables of the grammar over characters: each word its letters, a space between the
         items of a rule (every item is at least one word, so that is the string's spacing)."""
-        from .lengths import _NT, GrammarTables
-
         if getattr(self, "_lt", None) is None or self._lt.N < N:
             rules = []
             for nt, rhss in self.rules.items():
@@ -179,33 +178,6 @@ class Toy(Language):
                     rules.append((_NT + nt, tuple(items), 1.0 / len(rhss)))
             self._lt = GrammarTables(rules, _NT + _START, max(N, 2 * getattr(getattr(self, "_lt", None), "N", 0)))
         return self._lt
-
-    def by_length(self, max_len: int) -> list[dict]:
-        """P(|s| = n) exact from the length tables; H(S | |S| = n) Monte-Carlo (the grammar is
-        ambiguous), from strings drawn at that length and scored by the inside algorithm."""
-        from .base import entropy_at_length
-
-        t = self._char_tables(max_len)
-        rng = random.Random(4321)
-        out = []
-        for n in range(max_len + 1):
-            z = t.p_length(n)
-            if z > 0:
-                h, exact, se = entropy_at_length(self, n, z, self.sample_length, rng)
-                out.append({"length": n, "p_length": z, "entropy_bits": h, "exact": exact, "stderr": se})
-        return out
-
-    def length_probs(self, max_len: int) -> np.ndarray:
-        t = self._char_tables(max_len)
-        return np.array([t.p_length(n) for n in range(max_len + 1)])
-
-    def sample_length(self, rng: random.Random, n: int) -> str:
-        from ..errors import UserError
-
-        t = self._char_tables(n)
-        if t.p_length(n) <= 0:
-            raise UserError(f"toy has no strings of {n} characters")
-        return "".join(t.sample(rng, n))
 
     # ---- entropy ----
     def _expected_counts(self) -> dict[str, float]:
