@@ -20,7 +20,9 @@ an effect once JAX's CPU backend has started.
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 from pathlib import Path
 
 _FLAG = "--xla_force_host_platform_device_count"
@@ -39,7 +41,33 @@ def default_count() -> int:
     return max(1, min(cores, MAX_DEFAULT))
 
 
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+
+def reuse_host_memory() -> bool:
+    """Keep freed host memory in the process, so a step's buffers reuse pages already mapped.
+
+    XLA:CPU allocates each execution's temporaries as one block (184 MB for a (300, 300) step of
+    1000 x 10 tokens) and frees it after. glibc hands blocks that large to the kernel (mmap / munmap)
+    whatever M_MMAP_THRESHOLD says when they come from a thread's arena, so every step faulted in
+    45,000 fresh zeroed pages: ~20% of that step (benchmarks/NOTES.md, attempt 34). One arena, no mmap
+    and no trimming below 2 GiB keep the pages. Process-wide, so PyTorch in the same process (the
+    benchmarks) gets the same allocator. Best effort: glibc only; SEQGEN_HOST_MALLOC=system leaves the
+    allocator alone. Must run before XLA's threads first allocate (before the backend starts)."""
+    if os.environ.get("SEQGEN_HOST_MALLOC", "") == "system" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return all(mallopt(k, v) == 1 for k, v in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0),
+                                                 (_M_TRIM_THRESHOLD, 2**31 - 1)))
+
+
 def configure_host_devices() -> None:
+    reuse_host_memory()
     flags = os.environ.get("XLA_FLAGS", "")
     if _FLAG in flags:  # the user's count, or an earlier call's, stands
         return

@@ -31,13 +31,16 @@ def _dot(x, w, dtype):
 
 
 def lstm_layer_tm(p: dict, gx: jax.Array, h0: jax.Array, c0: jax.Array, *, unroll: int = 1,
-                  dtype=jnp.float32, backend: str = "scan", lengths=None, resets=None):
+                  dtype=jnp.float32, backend: str = "scan", lengths=None, resets=None, tokens=None):
     """The recurrence of one layer, time-major: gx (T, B, 4H) = x @ w_ih + b -> hs (T, B, H), (h_T, c_T).
 
     With `lengths`, h_T and c_T are each row's state after its last real step; with `resets` (T, B),
-    the state is zeroed before the steps it marks."""
+    the state is zeroed before the steps it marks; with `tokens` (T, B) (the scan backend only), gx is
+    a (V, 4H) table that the loop reads at the tokens."""
     rec = lstm.BACKENDS[backend].recurrence
     extra = {} if resets is None else {"resets": resets}
+    if tokens is not None:
+        extra["tokens"] = tokens
     hs, cT = rec(gx, p["w_hh"], h0, c0, lengths, unroll=unroll, dtype=dtype, **extra)
     hT = hs[-1]
     return hs, (hT, cT)
@@ -123,12 +126,17 @@ def apply_tm(params: Params, tokens: jax.Array, state: LSTMState | None = None, 
         if run.backend.recurrence is None:
             x, (h, c) = run.backend.layer(p, x, state.h[l], state.c[l])
         else:
+            tok = None
             if l == 0 and fold:
-                gx = _embed(_dot(params["embed"], p["w_ih"], dtype) + p["b"], tokens)  # (T, B, 4H)
+                gx = _dot(params["embed"], p["w_ih"], dtype) + p["b"]  # (V, 4H)
+                if run.backend.name == "scan" and lstm.platform() == "cpu":
+                    tok = tokens  # gathered inside the loop (lstm/scan.py)
+                else:
+                    gx = _embed(gx, tokens)  # (T, B, 4H)
             else:
                 gx = _dot(x, p["w_ih"], dtype) + p["b"]  # (T, B, 4H)
             x, (h, c) = lstm_layer_tm(p, gx, state.h[l], state.c[l], unroll=run.unroll, dtype=dtype,
-                                      backend=run.backend.name, resets=resets)
+                                      backend=run.backend.name, resets=resets, tokens=tok)
         hs.append(h)
         cs.append(c)
     if drop:

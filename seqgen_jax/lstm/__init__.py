@@ -2,7 +2,8 @@
 
 A backend runs the recurrence of one layer. Two contracts exist:
 * `recurrence(gx, w_hh, h0, c0, lengths=None, *, unroll, dtype) -> (hs, c_T)` with gx (T, B, 4H) the
-  input projection (scan, pallas); the model folds the first layer's projection into the embedding;
+  input projection (scan, pallas); the model folds the first layer's projection into the embedding
+  (on CPU the scan backend also takes `tokens=` and reads that (V, 4H) table inside its loop);
 * `layer(p, xs (T, B, D), h0, c0) -> (hs, (h_T, c_T))` for backends that project the input themselves
   (cudnn).
 A new backend is one module here and one `Backend` row in `BACKENDS`.

@@ -5,7 +5,9 @@ unroll, dtype) -> (hs, c_T)`, with gx (T, B, 4H) = x @ w_ih + b (unscaled), w_hh
 gate order (i, f, g, o). With `lengths` (B,), steps t >= lengths[b] leave row b's state untouched
 (hs[t] repeats the last valid h and c_T is the state at the row's end). With `resets` (T, B) bool, row
 b's state is set to zero before step t wherever resets[t, b] (the packed feed: a new string starts
-there), so no information and no gradient crosses that boundary.
+there), so no information and no gradient crosses that boundary. With `tokens` (T, B) int, gx is a
+(V, 4H) table and step t's input is gx[tokens[t]], gathered inside the loop (the embedding folded
+into the first projection, `model.apply_tm`).
 """
 from __future__ import annotations
 
@@ -34,21 +36,27 @@ _GATE_DERIV = (0.5, 0.5, 1.0, 0.5)
 
 
 @functools.lru_cache(maxsize=None)
-def _recurrence(unroll: int, dtype, masked: bool, reset: bool = False):
+def _recurrence(unroll: int, dtype, masked: bool, reset: bool = False, gather: int = 0):
     """hs (T, B, H), c_T = recurrence(gx (T, B, 4H), w_s (H, 4H), h0, c0, lengths) with a hand-written VJP.
 
     gx and w_s are already gate-scaled (`_gate_scale`). Scan's own transpose accumulates dW_hh with an
     (H, B) x (B, 4H) matmul inside every backward step; here the backward loop only propagates dh
     through W_hh and stores the gate gradients, and the weight gradient is one (H, T*B) x (T*B, 4H)
     matmul after the loop (benchmarks/NOTES.md). `masked` is static so the unmasked loop (the training
-    default) carries no select; so is `reset`."""
+    default) carries no select; so is `reset`.
 
-    def fwd_loop(gx, w_s, h0, c0, lengths, resets):
+    `gather` = V > 0: gx is a (V, 4H) table read at `tokens` inside the loop. The (T, B, 4H) input is then never
+    written: its gather and gate scaling cost about as much as a third of the forward loop at (300, 300)
+    (benchmarks/NOTES.md, attempt 35), and its gradient is one scatter-add of the gate gradients."""
+
+    def fwd_loop(gx, w_s, h0, c0, lengths, resets, tokens):
         H = h0.shape[-1]
 
         def step(carry, xs):
             h, c = carry
             g_t, t_idx, r_t = xs
+            if gather:
+                g_t = jnp.take(gx, g_t, axis=0, mode="clip")  # (B, 4H) rows of the table
             if reset:
                 h, c = jnp.where(r_t[:, None], 0.0, h), jnp.where(r_t[:, None], 0.0, c)
             t = jnp.tanh(g_t + dot(h, w_s, dtype))  # (B, 4H)
@@ -60,23 +68,23 @@ def _recurrence(unroll: int, dtype, masked: bool, reset: bool = False):
                 h_new, c_new = jnp.where(m, h_new, h), jnp.where(m, c_new, c)
             return (h_new, c_new), (h_new, c_new, t)
 
-        T = gx.shape[0]
+        T = tokens.shape[0] if gather else gx.shape[0]
         # The step index and reset flags ride along only when needed: the default loop is the plain graph.
-        xs = (gx, jnp.arange(T) if masked else None, resets if reset else None)
+        xs = (tokens if gather else gx, jnp.arange(T) if masked else None, resets if reset else None)
         _, (hs, cs, ts) = jax.lax.scan(step, (h0, c0), xs, unroll=max(1, min(unroll, T)))
         return hs, cs, ts
 
     @jax.custom_vjp
-    def recurrence(gx, w_s, h0, c0, lengths, resets):
-        hs, cs, _ = fwd_loop(gx, w_s, h0, c0, lengths, resets)
+    def recurrence(gx, w_s, h0, c0, lengths, resets, tokens):
+        hs, cs, _ = fwd_loop(gx, w_s, h0, c0, lengths, resets, tokens)
         return hs, cs[-1]
 
-    def rec_fwd(gx, w_s, h0, c0, lengths, resets):
-        hs, cs, ts = fwd_loop(gx, w_s, h0, c0, lengths, resets)
-        return (hs, cs[-1]), (w_s, h0, c0, hs, cs, ts, lengths, resets)
+    def rec_fwd(gx, w_s, h0, c0, lengths, resets, tokens):
+        hs, cs, ts = fwd_loop(gx, w_s, h0, c0, lengths, resets, tokens)
+        return (hs, cs[-1]), (w_s, h0, c0, hs, cs, ts, lengths, resets, tokens)
 
     def rec_bwd(res, cot):
-        w_s, h0, c0, hs, cs, ts, lengths, resets = res
+        w_s, h0, c0, hs, cs, ts, lengths, resets, tokens = res
         d_hs, d_cT = cot
         H = h0.shape[-1]
         T = hs.shape[0]
@@ -121,17 +129,22 @@ def _recurrence(unroll: int, dtype, masked: bool, reset: bool = False):
                                        unroll=max(1, min(unroll, T)))
         B = hs.shape[1]
         d_w = dot(h_prev.reshape(T * B, H).T, dgs.reshape(T * B, 4 * H), dtype)
-        return dgs, d_w.astype(w_s.dtype), dh0, dc0, None, None
+        d_gx = jax.ops.segment_sum(dgs.reshape(T * B, 4 * H), tokens.reshape(-1), gather) if gather else dgs
+        return d_gx, d_w.astype(w_s.dtype), dh0, dc0, None, None, None
 
     recurrence.defvjp(rec_fwd, rec_bwd)
     return recurrence
 
 
-def recurrence(gx, w_hh, h0, c0, lengths=None, *, unroll: int = 1, dtype=jnp.float32, resets=None):
+def recurrence(gx, w_hh, h0, c0, lengths=None, *, unroll: int = 1, dtype=jnp.float32, resets=None,
+               tokens=None):
     """See the module docstring: -> hs (T, B, H), c_T (B, H)."""
     scale = _gate_scale(h0.shape[-1])
     masked = lengths is not None
     lens = jnp.asarray(lengths if masked else jnp.zeros((h0.shape[0],)), jnp.int32)
     reset = resets is not None
     rs = jnp.asarray(resets, bool) if reset else jnp.zeros((1,), bool)
-    return _recurrence(int(unroll), jnp.dtype(dtype), masked, reset)(gx * scale, w_hh * scale, h0, c0, lens, rs)
+    gather = gx.shape[0] if tokens is not None else 0
+    tok = jnp.asarray(tokens, jnp.int32) if gather else jnp.zeros((1,), jnp.int32)
+    return _recurrence(int(unroll), jnp.dtype(dtype), masked, reset, gather)(gx * scale, w_hh * scale, h0, c0, lens,
+                                                                            rs, tok)
