@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import re
 from pathlib import Path
 
 _FLAG = "--xla_force_host_platform_device_count"
@@ -52,9 +53,12 @@ def reuse_host_memory() -> bool:
     1000 x 10 tokens) and frees it after. glibc hands blocks that large to the kernel (mmap / munmap)
     whatever M_MMAP_THRESHOLD says when they come from a thread's arena, so every step faulted in
     45,000 fresh zeroed pages: ~20% of that step (benchmarks/NOTES.md, attempt 34). One arena, no mmap
-    and no trimming below 2 GiB keep the pages. Process-wide, so PyTorch in the same process (the
-    benchmarks) gets the same allocator. Best effort: glibc only; SEQGEN_HOST_MALLOC=system leaves the
-    allocator alone. Must run before XLA's threads first allocate (before the backend starts)."""
+    and no trimming below 2 GiB keep the pages. Only for the one-device layout (wide layers, where
+    blocks that large arise): with one arena, threads that allocate at once wait on its lock, which
+    doubled the time to compile 12 bucket shapes on threads (13 s against 22-31 s); the per-core
+    devices' blocks are small. Process-wide, so PyTorch in the same process (the benchmarks) gets the
+    same allocator. Best effort: glibc only; SEQGEN_HOST_MALLOC=system leaves the allocator alone.
+    Must run before XLA's threads first allocate (before the backend starts)."""
     if os.environ.get("SEQGEN_HOST_MALLOC", "") == "system" or platform.libc_ver()[0] != "glibc":
         return False
     try:
@@ -67,9 +71,10 @@ def reuse_host_memory() -> bool:
 
 
 def configure_host_devices() -> None:
-    reuse_host_memory()
     flags = os.environ.get("XLA_FLAGS", "")
     if _FLAG in flags:  # the user's count, or an earlier call's, stands
+        if re.search(rf"{_FLAG}=1(\s|$)", flags):
+            reuse_host_memory()
         return
     raw = os.environ.get("SEQGEN_CPU_DEVICES", "")
     _state.update(user_flags=flags, auto=not raw)
@@ -77,6 +82,8 @@ def configure_host_devices() -> None:
         n = int(raw) if raw else default_count()
     except ValueError:
         n = default_count()
+    if n == 1:
+        reuse_host_memory()
     if n > 1:
         extra = f"{_FLAG}={n}"
         if "xla_cpu_multi_thread_eigen" not in flags:
@@ -101,6 +108,7 @@ def prefer_one_device_for(hidden: int) -> bool:
         return False
     os.environ["XLA_FLAGS"] = (_state["user_flags"] or "").strip()
     _state["auto"] = False
+    reuse_host_memory()
     return True
 
 

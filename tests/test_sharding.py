@@ -209,12 +209,13 @@ print("FAULTS", float(np.median(per_step)))
 def test_a_train_steps_temporaries_reuse_mapped_pages():
     """XLA:CPU frees each execution's temporaries; by default glibc returned blocks this large to the
     kernel, so every step faulted in fresh zeroed pages (45,000 per (300, 300) step of 1000 x 10
-    tokens). With the setting `import seqgen_jax` makes, the next step reuses them (the median step: glibc
+    tokens). With the setting `import seqgen_jax` makes in a one-device process (the wide layers' CPU
+    layout), the next step reuses them (the median step: glibc
     now and then strands a block and grows the heap once more);
     SEQGEN_HOST_MALLOC=system restores glibc's default, which must show the faults (else this test
     would measure nothing)."""
     def faults(extra):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", SEQGEN_CPU_DEVICES="1", **extra)
+        env = dict(os.environ, JAX_PLATFORMS="cpu", SEQGEN_CPU_DEVICES="1", XLA_FLAGS="", **extra)
         p = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, env=env, cwd=ROOT,
                            timeout=300)
         line = [l for l in p.stdout.splitlines() if l.startswith("FAULTS ")]
