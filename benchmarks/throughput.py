@@ -50,6 +50,20 @@ def commit() -> str:
         return ""
 
 
+def child_env(layout: str) -> dict:
+    """The environment of a child that times `layout`. This process imported seqgen_jax, which put its
+    own device count into XLA_FLAGS; a child that inherited it would ignore SEQGEN_CPU_DEVICES, and
+    until 2026-12-07 the one-device rows ran on the per-core devices (NOTES, attempt 36)."""
+    from seqgen_jax import _devices
+
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = _devices.user_xla_flags()
+    env.pop("SEQGEN_CPU_DEVICES", None)
+    if layout == "one_device":
+        env["SEQGEN_CPU_DEVICES"] = "1"
+    return env
+
+
 def by_layout(args, argv) -> None:
     """On a CPU, each width is timed in the device layout `seqgen train` gives it (one device per core
     below H = 128, one device using every core from there; seqgen_jax/_devices.py): one child process
@@ -76,9 +90,7 @@ def by_layout(args, argv) -> None:
             continue
         with tempfile.TemporaryDirectory() as d:
             out = Path(d) / "part.json"
-            env = dict(os.environ)
-            if layout == "one_device":
-                env["SEQGEN_CPU_DEVICES"] = "1"
+            env = child_env(layout)
             print(f"-- {layout}: {', '.join(f'({e},{h})' for e, h in ws)}", flush=True)
             subprocess.run([sys.executable, str(Path(__file__).resolve()), *child_args, "--json", str(out),
                             "--models", ",".join(f"{e}x{h}" for e, h in ws)], env=env, check=True)

@@ -110,3 +110,22 @@ def test_gpu_round_smoke_runs_every_part(tmp_path):
     (qt,) = [r for r in recs if r["kind"] == "quality" and r["part"] == "quality_text"]
     assert qt["error"] is None and qt["val_nats_window64"] > 0
     assert "| part | what |" in p.stdout
+
+
+def test_throughput_children_run_the_layout_they_are_named_for():
+    """This process imported seqgen_jax, which wrote its own device count into XLA_FLAGS; the child
+    for the one-device rows must still get one device (it once inherited the count and ran per core)."""
+    import seqgen_jax  # noqa: F401  (as throughput.py's parent process does)
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import throughput
+
+    def devices(layout):
+        p = subprocess.run([sys.executable, "-c", "import seqgen_jax, jax; print(jax.device_count())"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120, env=throughput.child_env(layout))
+        assert p.returncode == 0, p.stderr[-2000:]
+        return int(p.stdout.split()[-1])
+
+    cores = min(len(os.sched_getaffinity(0)), 8)
+    assert devices("one_device") == 1
+    assert devices("per_core") == cores
