@@ -28,6 +28,7 @@ from pathlib import Path
 
 _FLAG = "--xla_force_host_platform_device_count"
 _EIGEN_OFF = "--xla_cpu_multi_thread_eigen=false"
+_ADDED = "SEQGEN_ADDED_XLA_FLAGS"  # what configure_host_devices appended to XLA_FLAGS, for child processes
 MAX_DEFAULT = 8  # more devices than this split a 10k-token batch into slivers
 # From this width on, one device beat one device per core (see the module docstring).
 ONE_DEVICE_FROM_HIDDEN = 128
@@ -72,7 +73,14 @@ def reuse_host_memory() -> bool:
 
 def configure_host_devices() -> None:
     flags = os.environ.get("XLA_FLAGS", "")
-    if _FLAG in flags:  # the user's count, or an earlier call's, stands
+    added = os.environ.get(_ADDED, "")
+    if added and flags.endswith(added):
+        # Flags a parent seqgen process added (bars.py, the experiments, a benchmark's children): this
+        # process chooses its own layout. Inheriting them once kept wide models off the one-device layout.
+        flags = flags[: -len(added)].strip()
+        os.environ["XLA_FLAGS"] = flags
+    os.environ.pop(_ADDED, None)
+    if _FLAG in flags:  # the user's count stands
         if re.search(rf"{_FLAG}=1(\s|$)", flags):
             reuse_host_memory()
         return
@@ -89,6 +97,7 @@ def configure_host_devices() -> None:
         if "xla_cpu_multi_thread_eigen" not in flags:
             extra += f" {_EIGEN_OFF}"
         os.environ["XLA_FLAGS"] = f"{flags} {extra}".strip()
+        os.environ[_ADDED] = extra
 
 
 def user_xla_flags() -> str:
@@ -114,6 +123,7 @@ def prefer_one_device_for(hidden: int) -> bool:
     if not _state["auto"] or hidden < ONE_DEVICE_FROM_HIDDEN or default_count() == 1 or _backend_started():
         return False
     os.environ["XLA_FLAGS"] = (_state["user_flags"] or "").strip()
+    os.environ.pop(_ADDED, None)
     _state["auto"] = False
     reuse_host_memory()
     return True
