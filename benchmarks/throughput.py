@@ -52,12 +52,10 @@ def commit() -> str:
 
 def child_env(layout: str) -> dict:
     """The environment of a child that times `layout`. This process imported seqgen_jax, which put its
-    own device count into XLA_FLAGS; a child that inherited it would ignore SEQGEN_CPU_DEVICES, and
-    until 2026-12-07 the one-device rows ran on the per-core devices (NOTES, attempt 36)."""
-    from seqgen_jax import _devices
-
+    own device count into XLA_FLAGS; the child strips what a seqgen parent added (`_devices`,
+    SEQGEN_ADDED_XLA_FLAGS) and follows SEQGEN_CPU_DEVICES. Until 2026-12-07 it inherited the count and
+    the one-device rows ran on the per-core devices (NOTES, attempt 36)."""
     env = dict(os.environ)
-    env["XLA_FLAGS"] = _devices.user_xla_flags()
     env.pop("SEQGEN_CPU_DEVICES", None)
     if layout == "one_device":
         env["SEQGEN_CPU_DEVICES"] = "1"

@@ -100,13 +100,6 @@ def configure_host_devices() -> None:
         os.environ[_ADDED] = extra
 
 
-def user_xla_flags() -> str:
-    """XLA_FLAGS as the user set them, without the device flags `configure_host_devices` added: what a
-    child process should inherit to make its own layout choice."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    return flags if _state["user_flags"] is None else _state["user_flags"]
-
-
 def _backend_started() -> bool:
     try:
         from jax._src import xla_bridge
