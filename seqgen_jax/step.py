@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from .config import RunConfig
-from .data.vocab import PAD_ID, START_ID
+from .data.vocab import END_ID, PAD_ID, START_ID
 from .model import LSTMState, apply_tm, init_params
 
 
@@ -200,8 +200,8 @@ class StepSpec:
     window None: a bucket step, rows gathered from a bucket matrix by a (B,) index vector, each from a
     zero state. window W: a window step, the (B, W + 1) columns starting at a scalar column of a
     (B, cols) stream matrix; `carry` continues from the previous window's LSTM state (truncated BPTT);
-    `packed` zeroes the state at every `.start` input and never scores a `.start` target, so strings
-    laid end to end are scored exactly as one by one."""
+    `packed` zeroes the state at every `.start` input and scores a `.start` target as the previous
+    string's `.end` (`packed_targets`), so strings laid end to end are scored exactly as one by one."""
 
     window: int | None = None
     carry: bool = False
@@ -215,21 +215,28 @@ def gather(spec: StepSpec, data, x):
     return jax.lax.dynamic_slice(data, (jnp.int32(0), x), (data.shape[0], spec.window + 1))
 
 
+def packed_targets(targets):
+    """A packed row's targets as the strings alone would have them: a `.start` target is the column
+    where the previous string ended (`stream.packed_lengths`), so it is scored as that string's `.end`."""
+    return jnp.where(targets == START_ID, END_ID, targets)
+
+
 def rows_nll(params, rows, cfg: RunConfig, *, carry: LSTMState | None = None, dropout_key=None,
              packed: bool = False):
     """rows (B, T + 1) ids -> (sum of -log p over the scored targets, their number, final LSTMState).
 
-    Inputs are rows[:, :-1], targets rows[:, 1:]; padding is never scored, nor (packed) a `.start`."""
+    Inputs are rows[:, :-1], targets rows[:, 1:]; padding is never scored. Packed rows zero the state at
+    every `.start` input and score a `.start` target as the `.end` of the string before it."""
     tok = rows.T  # (T + 1, B): time-major, so no activation is ever transposed
     inputs, targets = tok[:-1], tok[1:]
     resets = inputs == START_ID if packed else None
+    if packed:
+        targets = packed_targets(targets)
     logits, state = apply_tm(params, inputs, carry, cfg=cfg.model, dropout_key=dropout_key, resets=resets)
     logp = jax.nn.log_softmax(logits, axis=-1)  # (T, B, V)
     # A one-hot product instead of take_along_axis: its gradient avoids a scatter.
     lp = jnp.sum(logp * jax.nn.one_hot(targets, logits.shape[-1], dtype=logp.dtype), axis=-1)  # (T, B)
     scored = targets != PAD_ID
-    if packed:
-        scored = scored & (targets != START_ID)
     return -jnp.where(scored, lp, 0.0).sum(), scored.sum().astype(jnp.float32), state
 
 

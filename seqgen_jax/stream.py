@@ -7,10 +7,11 @@ state at the window's end is the next window's initial state (gradients stop at 
 state does not reset). One shape, so one compilation; per block of K steps only K scalars cross to
 the device.
 
-The packed feed lays strings end to end the same way, each framed `.start ... .end`, whole strings to
-a row (rows are filled to equal length, the last one padded), a new random order every epoch; the
-state is zeroed at every `.start`, so a string's log-probability is exactly what it is alone
-(`score_packed` checks it).
+The packed feed lays strings end to end the same way, each as `.start` and its symbols, whole strings
+to a row (rows are filled to equal length, the last one padded), a new random order every epoch; the
+state is zeroed at every `.start`, and a `.start` target is scored as the previous string's `.end`
+(which as an input would only feed a state about to be zeroed), so a string's log-probability is
+exactly what it is alone (`score_packed` checks it) and no column is spent on an unscored position.
 
 Scoring: `score_stream` walks the whole split with the state carried (unlimited context; a long split
 is cut into a few long segments scored side by side), `score_windows` scores non-overlapping windows
@@ -27,8 +28,9 @@ import numpy as np
 
 from .config import RunConfig
 from .data.base import LN2
-from .data.vocab import PAD_ID, START_ID, Ragged
+from .data.vocab import END_ID, PAD_ID, START_ID, Ragged
 from .model import LSTMState, apply_tm, zero_state
+from .step import packed_targets
 
 
 def default_chunk(cfg: RunConfig) -> int:
@@ -104,27 +106,36 @@ def assign_rows(lens: np.ndarray, B: int, rank: np.ndarray | None = None,
     return row, row_len
 
 
+def packed_lengths(seqs: Ragged) -> np.ndarray:
+    """Columns each string takes in a packed row: `.start` and its symbols. Its `.end` is never an
+    input (the state is zeroed after it), so it shares a column with the next string's `.start`, which
+    as a target is scored as `.end` (`step.packed_targets`); a row's last string gets one `.end`."""
+    return seqs.lengths + 1
+
+
 def pack_rows(seqs: Ragged, order: np.ndarray, B: int, width: int,
               slots: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, int, np.ndarray]:
-    """The strings of `seqs`, each framed `.start ... .end`, laid end to end into B rows of `width`
-    columns: whole strings to a row (`assign_rows`), each row's strings in the epoch's random `order`,
-    padding after. Returns (matrix (B, width) int32, the longest row's length, the strings in the
-    matrix's row-major order)."""
-    lens = seqs.lengths + 2
+    """The strings of `seqs`, each as `.start` symbols (`packed_lengths`), laid end to end into B rows
+    of `width` columns: whole strings to a row (`assign_rows`), each row's strings in the epoch's random
+    `order`, then one `.end`, then padding. Returns (matrix (B, width) int32, the longest row's length
+    with its `.end`, the strings in the matrix's row-major order)."""
+    lens = packed_lengths(seqs)
     rank = np.empty(len(order), np.int64)
     rank[order] = np.arange(len(order))  # position of each string in the epoch's order
     row, row_len = assign_rows(lens, B, rank, slots)
     seq = np.lexsort((rank, row))  # by row, then in the epoch's order within the row
-    flat = seqs.framed(seq)
+    flat = seqs.framed(seq, end=False)
     total = int(row_len.sum())
     row_start = np.concatenate([[0], np.cumsum(row_len)[:-1]])
-    longest = int(row_len.max()) if B else 0
+    longest = int(row_len.max()) + 1 if B else 0
     if longest > width:
         raise ValueError(f"a packed row needs {longest} columns, more than {width}")
     out = np.full((B, width), PAD_ID, np.int32)
     r = np.repeat(np.arange(B), row_len)
     c = np.arange(total) - np.repeat(row_start, row_len)
     out[r, c] = flat
+    full = np.flatnonzero(row_len)
+    out[full, row_len[full]] = END_ID
     return out, longest, seq
 
 
@@ -223,7 +234,7 @@ def score_packed(params, cfg: RunConfig, seqs: Ragged, *, B: int = 8, chunk: int
     """Natural-log probability of each string (every symbol and the end marker) taken from packed
     windows, as the packed feed trains on them: a check of the feed against scoring strings alone."""
     order = np.arange(len(seqs))
-    lens = seqs.lengths + 2
+    lens = packed_lengths(seqs)
     width = int(np.ceil((lens.sum() / B + lens.max() + 1) / chunk)) * chunk + 1
     mat, _, seq = pack_rows(seqs, order, B, width)
     carry = zero_state(cfg.model, B)
@@ -238,7 +249,7 @@ def score_packed(params, cfg: RunConfig, seqs: Ragged, *, B: int = 8, chunk: int
     flat_t, flat_lp = tgt.reshape(-1), lp.reshape(-1)
     is_start = (mat[:, :-1] == START_ID).reshape(-1)
     string_no = seq[np.cumsum(is_start) - 1]  # the string each target belongs to
-    scored = (flat_t != PAD_ID) & (flat_t != START_ID)
+    scored = flat_t != PAD_ID
     return np.bincount(string_no[scored], weights=flat_lp[scored], minlength=len(seqs))
 
 
@@ -248,8 +259,8 @@ def _packed_window_logprobs(params, window, carry, *, cfg: RunConfig):
     resets = tok[:-1] == START_ID
     logits, state = apply_tm(params, tok[:-1], carry, cfg=cfg.model, resets=resets)
     logp = jax.nn.log_softmax(logits, axis=-1)
-    lp = jnp.sum(logp * jax.nn.one_hot(tok[1:], logits.shape[-1], dtype=logp.dtype), axis=-1)  # (T, B)
-    return lp.T, state
+    lp = jnp.sum(logp * jax.nn.one_hot(packed_targets(tok[1:]), logits.shape[-1], dtype=logp.dtype), axis=-1)
+    return lp.T, state  # (B, T)
 
 
 # ---------------------------------------------------------------- the window feeds
@@ -306,7 +317,7 @@ class WindowFeed:
         chunk = cfg.data.chunk or _packed_window()
         _check_budget(cfg, chunk)
         seqs = ds.train
-        lens = seqs.lengths + 2
+        lens = packed_lengths(seqs)
         nd = placement.n_devices
         # No more rows than the longest string fits into (sum / B >= longest): the rows are then as
         # long as the strings need and no row waits in padding for the longest one.

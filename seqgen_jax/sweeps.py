@@ -128,7 +128,7 @@ def sweep(cfg: RunConfig, grid: dict[str, list] | None = None, seeds: int = 1, r
                 name, c, _ = members[i]
                 m = Member(c.override(**fix), RunDir(root.path / name), name)
                 group.append(m)
-            need = len(group) * member_bytes(group[0].cfg, int((ds.train.lengths + 2).sum()))
+            need = len(group) * member_bytes(group[0].cfg, int((ds.train.lengths + 1).sum()))
             have = available_bytes()
             if need > 0.8 * have:
                 fits = max(1, int(0.8 * have // max(need // len(group), 1)))

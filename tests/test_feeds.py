@@ -90,11 +90,15 @@ def test_pack_rows_keeps_every_string_once_and_whole():
     seqs = Ragged.from_strings(strings, vocab)
     order = np.random.default_rng(0).permutation(len(strings))
     B = 8
-    lens = seqs.lengths[order] + 2
+    lens = seqs.lengths[order] + 1  # `.start` and the symbols; the next `.start` stands for the `.end`
     _, row_len = assign_rows(lens, B)
     width = int(row_len.max()) + 3
     mat, longest, seq = pack_rows(seqs, order, B, width)
-    assert longest == row_len.max() and row_len.sum() == lens.sum()
+    assert longest == row_len.max() + 1 and row_len.sum() == lens.sum()
+    # One `.end` per row, right after its last string; every other column of a string is its own.
+    assert ((mat == 2).sum(axis=1) == 1).all()
+    ends = np.argmax(mat == 2, axis=1)
+    assert (mat[np.arange(B), ends + 1] == 0).all() and ((mat[:, :-1] != 0).sum(axis=1) == ends + 1).all()
     assert row_len.max() <= lens.sum() / B + lens.max()  # balanced: the documented bound
     got = []
     for r in range(B):

@@ -249,3 +249,4 @@ def test_framed_stream_brute_force():
     want = [t for i in order for t in [START_ID, *seqs[i], END_ID]]
     assert r.framed(order).tolist() == want
     assert r.framed().tolist() == [t for s in seqs for t in [START_ID, *s, END_ID]]
+    assert r.framed(order, end=False).tolist() == [t for i in order for t in [START_ID, *seqs[i]]]

@@ -130,17 +130,21 @@ class Ragged:
         flat = self.flat[starts + np.arange(offsets[-1])]
         return Ragged(flat, offsets)
 
-    def framed(self, order: np.ndarray | None = None) -> np.ndarray:
+    def framed(self, order: np.ndarray | None = None, *, end: bool = True) -> np.ndarray:
         """The sequences (in `order`) as one int32 stream, each framed as `.start` tokens `.end`: what a
-        corpus of separate documents is trained on with the state carried across windows."""
+        corpus of separate documents is trained on with the state carried across windows. `end=False`
+        leaves the `.end` out (`.start` tokens): the packed feed, where the next `.start` stands for it."""
         r = self.take(order) if order is not None else self
         n, lens = len(r), r.lengths
-        out = np.empty(len(r.flat) + 2 * n, np.int32)
-        starts = r.offsets[:-1] + 2 * np.arange(n)  # position of each `.start`
+        k = 2 if end else 1
+        out = np.empty(len(r.flat) + k * n, np.int32)
+        starts = r.offsets[:-1] + k * np.arange(n)  # position of each `.start`
         out[starts] = START_ID
-        out[starts + lens + 1] = END_ID
         body = np.ones(len(out), bool)
-        body[starts] = body[starts + lens + 1] = False
+        body[starts] = False
+        if end:
+            out[starts + lens + 1] = END_ID
+            body[starts + lens + 1] = False
         out[body] = r.flat
         return out
 
