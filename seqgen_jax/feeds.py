@@ -12,9 +12,10 @@
   step gathers its rows by index; each row starts from a zero state. The course's batching.
 * `stream` (stream.WindowFeed): a token stream cut into B rows walked in windows of `chunk`, the
   state carried from window to window (truncated BPTT): text corpora, IMDb `--carry-state`.
-* `packed` (stream.WindowFeed): the strings laid end to end, each framed `.start ... .end`, in B rows
-  walked like a stream; the state is zeroed at every `.start` and a `.start` is never a target, so
-  every string is scored exactly as alone. One shape, one compilation, almost no padding.
+* `packed` (stream.WindowFeed): the strings laid end to end, each as `.start` and its symbols, in B
+  rows walked like a stream; the state is zeroed at every `.start`, and a `.start` target is scored as
+  the `.end` of the string before it (a row's last string gets one `.end`), so every string is scored
+  exactly as alone and no column is an unscored position. One shape, one compilation, almost no padding.
 
 A block is K steps run as one device program (`step.block_fn`); steps past the end of an epoch or
 before a resume point are marked dead (`live` False) and cost nothing. The order of steps depends only
