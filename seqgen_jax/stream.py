@@ -30,7 +30,7 @@ from .config import RunConfig
 from .data.base import LN2
 from .data.vocab import END_ID, PAD_ID, START_ID, Ragged
 from .model import LSTMState, apply_tm, zero_state
-from .step import packed_targets
+from .step import StepSpec, packed_targets
 
 
 def default_chunk(cfg: RunConfig) -> int:
@@ -275,8 +275,6 @@ class WindowFeed:
     def __init__(self, cfg: RunConfig, placement, K: int, *, kind: str, chunk: int, B: int, cols: int,
                  carry: bool, packed: bool, nwin: int, tokens_per_epoch: int, about: str,
                  seeds: list[int] | None = None):
-        from .step import StepSpec
-
         self.kind, self.cfg, self.place, self.K = kind, cfg, placement, K
         self.chunk, self.B, self.cols, self.nwin = chunk, B, cols, nwin
         self.seeds = list(seeds) if seeds is not None else [cfg.train.seed]
