@@ -1,7 +1,9 @@
-"""One train step on CPU under three device layouts, by layer width: one device per core (the
-default), one device with Eigen's threads (`SEQGEN_CPU_DEVICES=1`), and one device with Eigen's threads
-off (`SEQGEN_CPU_DEVICES=1 XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`), where XLA:CPU's own
-runtime still spreads the matmuls over the cores.
+"""One train step on CPU under four device layouts, by layer width: one device per core with glibc's
+allocator (the default below H = 128), the same with freed host memory kept (`SEQGEN_HOST_MALLOC=keep`,
+what `seqgen train` gives wider layers), one device with Eigen's threads (`SEQGEN_CPU_DEVICES=1`), and
+one device with Eigen's threads off (`SEQGEN_CPU_DEVICES=1 XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`),
+where XLA:CPU's own runtime still spreads the matmuls over the cores. Both one-device layouts keep host
+memory.
 
 The layout is fixed when JAX's CPU backend starts, so each measurement is a child process; the
 layouts alternate round by round (the order rotates every round) so that a slow spell of the machine
@@ -22,9 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import fmt_stats, lead, summary  # noqa: E402
 
-# name -> (SEQGEN_CPU_DEVICES, XLA_FLAGS)
-LAYOUTS = {"per_core": (None, None), "threaded": ("1", None),
-           "one_device": ("1", "--xla_cpu_multi_thread_eigen=false")}
+# name -> (SEQGEN_CPU_DEVICES, XLA_FLAGS, SEQGEN_HOST_MALLOC)
+LAYOUTS = {"per_core": (None, None, "system"), "per_core_kept": (None, None, "keep"), "threaded": ("1", None, None),
+           "one_device": ("1", "--xla_cpu_multi_thread_eigen=false", None)}
 
 
 def child(batch: int, steps: int, hidden: int, vocab: int, n: int) -> dict:
@@ -54,7 +56,10 @@ def child(batch: int, steps: int, hidden: int, vocab: int, n: int) -> dict:
     jax.block_until_ready(state)
     sec = (time.perf_counter() - t) / n
     eigen = "xla_cpu_multi_thread_eigen=false" not in os.environ.get("XLA_FLAGS", "")
-    return {"devices": place.n_devices, "eigen_threads": eigen, "ms_per_step": 1e3 * sec,
+    from seqgen_jax._devices import host_memory_kept
+
+    return {"devices": place.n_devices, "eigen_threads": eigen, "host_memory_kept": host_memory_kept(),
+            "ms_per_step": 1e3 * sec,
             "tokens_per_s": batch * steps / sec}
 
 
@@ -90,7 +95,10 @@ def main(argv=None) -> int:
                 env = dict(os.environ)
                 env.pop("XLA_FLAGS", None)
                 env.pop("SEQGEN_CPU_DEVICES", None)
-                devices, flags = LAYOUTS[name]
+                env.pop("SEQGEN_HOST_MALLOC", None)
+                devices, flags, malloc = LAYOUTS[name]
+                if malloc is not None:
+                    env["SEQGEN_HOST_MALLOC"] = malloc
                 if devices is not None:
                     env["SEQGEN_CPU_DEVICES"] = devices
                 if flags is not None:
@@ -104,6 +112,7 @@ def main(argv=None) -> int:
         row = {"hidden": h, "batch": a.batch, "steps": a.steps, "rounds": a.rounds}
         for name, rs in runs.items():
             row[name] = {"devices": rs[0]["devices"], "eigen_threads": rs[0]["eigen_threads"],
+                         "host_memory_kept": rs[0]["host_memory_kept"],
                          "tokens_per_s": summary([x["tokens_per_s"] for x in rs])}
         row["faster"] = fastest({name: row[name]["tokens_per_s"] for name in LAYOUTS})
         rows.append(row)

@@ -51,28 +51,30 @@ def commit() -> str:
 
 
 def child_env(layout: str) -> dict:
-    """The environment of a child that times `layout`. This process imported seqgen_jax, which put its
-    own device count into XLA_FLAGS; the child strips what a seqgen parent added (`_devices`,
-    SEQGEN_ADDED_XLA_FLAGS) and follows SEQGEN_CPU_DEVICES. Until 2026-12-07 it inherited the count and
-    the one-device rows ran on the per-core devices (NOTES, attempt 36)."""
+    """The environment of a child that times `layout`: "per_core" or "per_core_kept" (the same devices,
+    freed host memory kept, as `seqgen train` runs large steps: `_devices.prepare_for_step`). This
+    process imported seqgen_jax, which put its own device count into XLA_FLAGS; the child strips what a
+    seqgen parent added (SEQGEN_ADDED_XLA_FLAGS) and chooses its own. Until 2026-12-07 it inherited the
+    count and the rows labelled one-device ran on the per-core devices (NOTES, attempt 36)."""
     env = dict(os.environ)
     env.pop("SEQGEN_CPU_DEVICES", None)
-    if layout == "one_device":
-        env["SEQGEN_CPU_DEVICES"] = "1"
+    env.pop("SEQGEN_HOST_MALLOC", None)
+    if layout == "per_core_kept":
+        env["SEQGEN_HOST_MALLOC"] = "keep"
     return env
 
 
 def by_layout(args, argv) -> None:
-    """On a CPU, each width is timed in the device layout `seqgen train` gives it (one device per core
-    below H = 128, one device using every core from there; seqgen_jax/_devices.py): one child process
-    per layout, their rows merged into one table."""
+    """On a CPU, each width is timed in the layout `seqgen train` gives it (one device per core, freed
+    host memory kept for large steps; seqgen_jax/_devices.py): one child process per layout, their rows
+    merged into one table."""
     import tempfile
 
-    from seqgen_jax._devices import ONE_DEVICE_FROM_HIDDEN
+    from seqgen_jax._devices import default_count, keeps_host_memory_for
 
     widths = sorted({(e, h) for e, h, _ in (MODELS if not args.quick else [(32, 16, 6), (300, 300, 6)])})
-    groups = {"per_core": [w for w in widths if w[1] < ONE_DEVICE_FROM_HIDDEN],
-              "one_device": [w for w in widths if w[1] >= ONE_DEVICE_FROM_HIDDEN]}
+    kept = {w: keeps_host_memory_for(w[1], 1, 10_000, default_count()) for w in widths}  # the rows' 10,000-token steps
+    groups = {"per_core": [w for w in widths if not kept[w]], "per_core_kept": [w for w in widths if kept[w]]}
     rows, meta = [], None
     base = list(argv if argv is not None else sys.argv[1:])
     child_args, skip = [], False

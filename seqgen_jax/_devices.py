@@ -8,15 +8,18 @@ own rows: 2.5-2.8 M tokens/s against 1.1-2.3 M on the (32, 16) benchmark rows, a
 1.4 M tokens/s over a brackets epoch on 2 cores (benchmarks/NOTES.md). The flags only change host
 devices; on a GPU machine the GPUs stay the default devices.
 
-Wider layers are the exception: from H = 128 one device running K steps per program with XLA's
-own threads beat the per-core devices on the packed feed (2 cores, brackets epochs, interleaved:
-H = 128 181 k against 146 k tokens/s, H = 300 54 k against 43 k; at H = 64 the per-core devices
-won, 569 k against 404 k; benchmarks/NOTES.md, "CPU layout by width"). `train()` therefore calls
-`prefer_one_device_for(hidden)` once the model is known, before JAX starts its backend.
+Wide layers with large steps keep the per-core devices but not glibc's default allocator: their
+steps' temporaries are blocks of tens of MB, which glibc maps fresh from the kernel at every call.
+`train()` calls `prepare_for_step(...)` once the model and budget are known, before JAX starts its
+backend, and freed host memory then stays in the process (`reuse_host_memory`). Brackets epochs at
+(300, 300), packed feed, 2 cores, layouts alternating: 59.0 k tokens/s per core with the memory
+kept, 52.1 k on one device using both cores (the previous choice for layers from H = 128), 45 k per
+core with glibc's default (benchmarks/NOTES.md, attempt 38).
 
-SEQGEN_CPU_DEVICES=N overrides the count (1 turns it off) and switches off the choice by width; an
-XLA_FLAGS that already sets --xla_force_host_platform_device_count is left alone. None of this has
-an effect once JAX's CPU backend has started.
+SEQGEN_CPU_DEVICES=N overrides the count (1: one device using every core, which always keeps freed
+host memory); an XLA_FLAGS that already sets --xla_force_host_platform_device_count is left alone.
+SEQGEN_HOST_MALLOC=keep or =system forces the allocator setting on or off. None of this has an effect
+once JAX's CPU backend has started.
 """
 from __future__ import annotations
 
@@ -30,9 +33,10 @@ _FLAG = "--xla_force_host_platform_device_count"
 _EIGEN_OFF = "--xla_cpu_multi_thread_eigen=false"
 _ADDED = "SEQGEN_ADDED_XLA_FLAGS"  # what configure_host_devices appended to XLA_FLAGS, for child processes
 MAX_DEFAULT = 8  # more devices than this split a 10k-token batch into slivers
-# From this width on, one device beat one device per core (see the module docstring).
-ONE_DEVICE_FROM_HIDDEN = 128
-_state = {"user_flags": None, "auto": False}
+# From this many tokens per device and step times the layers' units, keeping freed host memory pays
+# (`keeps_host_memory_for`).
+KEEP_MEMORY_FROM_TOKEN_UNITS = 400_000
+_state = {"kept": False}  # whether reuse_host_memory applied its setting in this process
 
 
 def default_count() -> int:
@@ -47,6 +51,16 @@ def default_count() -> int:
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 
 
+def host_memory_kept() -> bool:
+    """Whether this process applied `reuse_host_memory`."""
+    return _state["kept"]
+
+
+def host_malloc() -> str:
+    """SEQGEN_HOST_MALLOC: "system" (glibc's defaults), "keep" (always reuse_host_memory) or "" (by layout)."""
+    return os.environ.get("SEQGEN_HOST_MALLOC", "").strip().lower()
+
+
 def reuse_host_memory() -> bool:
     """Keep freed host memory in the process, so a step's buffers reuse pages already mapped.
 
@@ -54,21 +68,23 @@ def reuse_host_memory() -> bool:
     1000 x 10 tokens) and frees it after. glibc hands blocks that large to the kernel (mmap / munmap)
     whatever M_MMAP_THRESHOLD says when they come from a thread's arena, so every step faulted in
     45,000 fresh zeroed pages: ~20% of that step (benchmarks/NOTES.md, attempt 34). One arena, no mmap
-    and no trimming below 2 GiB keep the pages. Only for the one-device layout (wide layers, where
-    blocks that large arise): with one arena, threads that allocate at once wait on its lock, which
-    doubled the time to compile 12 bucket shapes on threads (13 s against 22-31 s); the per-core
-    devices' blocks are small. Process-wide, so PyTorch in the same process (the benchmarks) gets the
-    same allocator. Best effort: glibc only; SEQGEN_HOST_MALLOC=system leaves the allocator alone.
-    Must run before XLA's threads first allocate (before the backend starts)."""
-    if os.environ.get("SEQGEN_HOST_MALLOC", "") == "system" or platform.libc_ver()[0] != "glibc":
+    and no trimming below 2 GiB keep the pages. Only for large steps (`prepare_for_step`) and the
+    one-device layout: with one arena, threads that allocate at once wait on its lock, which doubled
+    the time to compile 12 bucket shapes of a (32, 16) model on threads (13 s against 22-31 s), whose
+    per-step blocks are small. Process-wide, so PyTorch in the same process (the benchmarks) gets the
+    same allocator. Best effort: glibc only; SEQGEN_HOST_MALLOC=system leaves the allocator alone
+    (=keep applies it whatever the layout). Must run before XLA's threads first allocate (before the
+    backend starts)."""
+    if host_malloc() == "system" or platform.libc_ver()[0] != "glibc":
         return False
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return all(mallopt(k, v) == 1 for k, v in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0),
-                                                 (_M_TRIM_THRESHOLD, 2**31 - 1)))
+    ok = all(mallopt(k, v) == 1 for k, v in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)))
+    _state["kept"] = _state["kept"] or ok
+    return ok
 
 
 def configure_host_devices() -> None:
@@ -81,16 +97,15 @@ def configure_host_devices() -> None:
         os.environ["XLA_FLAGS"] = flags
     os.environ.pop(_ADDED, None)
     if _FLAG in flags:  # the user's count stands
-        if re.search(rf"{_FLAG}=1(\s|$)", flags):
+        if re.search(rf"{_FLAG}=1(\s|$)", flags) or host_malloc() == "keep":
             reuse_host_memory()
         return
     raw = os.environ.get("SEQGEN_CPU_DEVICES", "")
-    _state.update(user_flags=flags, auto=not raw)
     try:
         n = int(raw) if raw else default_count()
     except ValueError:
         n = default_count()
-    if n == 1:
+    if n == 1 or host_malloc() == "keep":
         reuse_host_memory()
     if n > 1:
         extra = f"{_FLAG}={n}"
@@ -109,17 +124,44 @@ def _backend_started() -> bool:
         return True
 
 
-def prefer_one_device_for(hidden: int) -> bool:
-    """One XLA:CPU device using every core instead of one device per core, for layers of `hidden`
-    units or more, where the layout was chosen by default and JAX's backend has not started. Returns
-    whether it switched."""
-    if not _state["auto"] or hidden < ONE_DEVICE_FROM_HIDDEN or default_count() == 1 or _backend_started():
+def host_device_count() -> int:
+    """The XLA:CPU device count this process's flags ask for (1 when none), read before the backend starts."""
+    m = re.search(rf"{_FLAG}=(\d+)", os.environ.get("XLA_FLAGS", ""))
+    return int(m.group(1)) if m else 1
+
+
+def keeps_host_memory_for(hidden: int, layers: int, tokens_per_step: int, devices: int) -> bool:
+    """Whether a step is large enough for `reuse_host_memory` to pay: its temporaries grow with the
+    tokens each device takes per step times the layers' units (about 61 bytes per token and unit:
+    184 MB for 10,000 tokens at H = 300). Measured per-core whole runs (NOTES, attempt 38): 262 k
+    token-units per device (the text preset) gained nothing; 524 k (IMDb) 8-12%; 1.5 M (brackets at
+    (300, 300)) 25%."""
+    return tokens_per_step / max(1, devices) * hidden * layers >= KEEP_MEMORY_FROM_TOKEN_UNITS
+
+
+def prepare_for_step(hidden: int, layers: int, tokens_per_step: int, devices: int | None = None) -> bool:
+    """Keep freed host memory (`reuse_host_memory`) when a step is large (`keeps_host_memory_for`),
+    whatever the device count. Must run before anything starts JAX's backend (`jax.process_count()`
+    does: until 2026-12-07 `train()` asked it first, so the layout choice for wide layers never ran).
+    Returns whether it applied the setting now."""
+    devices = host_device_count() if devices is None else devices
+    if (not keeps_host_memory_for(hidden, layers, tokens_per_step, devices) or host_memory_kept()
+            or host_malloc() == "system" or not _host_only() or _backend_started()):
         return False
-    os.environ["XLA_FLAGS"] = (_state["user_flags"] or "").strip()
-    os.environ.pop(_ADDED, None)
-    _state["auto"] = False
-    reuse_host_memory()
-    return True
+    return reuse_host_memory()
+
+
+def _host_only() -> bool:
+    """Whether JAX will run on the CPU: JAX_PLATFORMS says so, or no accelerator plugin is installed.
+    Asked without starting the backend; an accelerator process keeps glibc's allocator (its steps'
+    temporaries live on the device, and one arena would slow its threaded compilation)."""
+    import importlib.util
+
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
+    if platforms:
+        return platforms == "cpu"
+    plugins = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu")
+    return not any(importlib.util.find_spec(p) for p in plugins)
 
 
 def enable_compilation_cache() -> None:

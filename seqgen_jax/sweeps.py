@@ -93,7 +93,7 @@ def sweep(cfg: RunConfig, grid: dict[str, list] | None = None, seeds: int = 1, r
     content. With `resume`, a killed sweep goes on from its members' last checkpoints."""
     import jax
 
-    from ._devices import enable_compilation_cache
+    from ._devices import enable_compilation_cache, prepare_for_step
     from .data import build_dataset, check_corpus
     from .memory import available_bytes
     from .parallel import Placement, make_mesh
@@ -102,6 +102,9 @@ def sweep(cfg: RunConfig, grid: dict[str, list] | None = None, seeds: int = 1, r
     members = plan_members(cfg, grid or {}, seeds)
     for name, c, _ in members:
         validate(c, f"member {name}")
+    # Before anything starts JAX's backend; the members' steps run side by side on each device.
+    widest = max(members, key=lambda m: m[1].model.hidden * m[1].model.layers)[1]
+    prepare_for_step(widest.model.hidden, widest.model.layers, widest.train.max_tokens * len(members))
     root = RunDir(run_dir if run_dir is not None else Path("runs") / "sweep")
     if str(root.path).strip() == "":
         raise UserError("--run-dir is empty; give a directory for the sweep, e.g. --run-dir runs/lr")

@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 import jax
 import numpy as np
 
-from ._devices import enable_compilation_cache
+from ._devices import enable_compilation_cache, host_memory_kept, prepare_for_step
 from .checkpoint import Checkpointer, abstract
 from .config import RunConfig, validate
 from .data import Dataset, build_dataset, check_corpus, dataset_kind, default_run_name
@@ -61,10 +61,8 @@ def train(cfg: RunConfig, run_dir=None, *, resume: bool = False, log: Callable[[
     if resume:
         cfg = run.resume_config(cfg, given, name_of)
     validate(cfg)
-    if jax.process_count() == 1 and cfg.train.devices == "all":
-        from ._devices import prefer_one_device_for
-
-        prefer_one_device_for(cfg.model.hidden)  # wide layers: one CPU device (before the backend starts)
+    devices = None if cfg.train.devices == "all" else int(cfg.train.devices)
+    prepare_for_step(cfg.model.hidden, cfg.model.layers, cfg.train.max_tokens, devices)  # before the backend starts
     enable_compilation_cache()
     primary = jax.process_index() == 0
     created = not run.path.exists()
@@ -371,7 +369,7 @@ def _train_locked(cfg: RunConfig, run: RunDir, resume: bool, log, dataset, mesh,
         return member.last or {}
     log(f"{ds.spec}: {len(ds.train):,} train / {len(ds.val):,} val sequences, vocab {len(ds.vocab)}; model "
         f"{cfg.model.embed}/{cfg.model.hidden}x{cfg.model.layers} ({count_params(c.state['params']):,} params) on "
-        f"{place.n_devices} {jax.default_backend()} device(s); compiled {c.shapes} shape(s) in {c.compile_s:.1f}s")
+        f"{place.n_devices} {jax.default_backend()} device(s){' (freed host memory kept)' if host_memory_kept() else ''}; compiled {c.shapes} shape(s) in {c.compile_s:.1f}s")
     log(f"train: {c.feed.describe()}")
     run_cohort(c)
     return member.last or {}
@@ -441,6 +439,7 @@ def run_cohort(c: Cohort) -> None:
         for m in members:
             m.run.append_metrics({"event": "compile", "step": int(feed.first_step(c.epoch)[0]) + c.batch,
                                   "compile_seconds": round(c.compile_s, 3), "shapes": c.shapes, "feed": feed.kind,
+                                  "devices": c.place.n_devices, "host_memory_kept": host_memory_kept(),
                                   "steps_per_call": feed.K, **({"members": M} if M > 1 else {})})
     deadline = c.t_start + cfg.train.max_time if cfg.train.max_time else math.inf
     fit, c.state = start_fit(members[0].schedule, c.state, deadline, c.log) if M == 1 else \

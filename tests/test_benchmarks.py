@@ -3,6 +3,7 @@ spread, JSON written. PyTorch is part of CI's set-up (.ci/run installs the CPU w
 torch fails here instead of skipping."""
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -44,7 +45,10 @@ def test_cpu_layout_runs_every_layout(tmp_path):
     assert (row["per_core"]["devices"], row["per_core"]["eigen_threads"]) == (cores, cores == 1)
     assert (row["threaded"]["devices"], row["threaded"]["eigen_threads"]) == (1, True)
     assert (row["one_device"]["devices"], row["one_device"]["eigen_threads"]) == (1, False)
-    names = ("per_core", "threaded", "one_device")
+    kept = platform.libc_ver()[0] == "glibc"
+    assert (row["per_core_kept"]["devices"], row["per_core_kept"]["host_memory_kept"]) == (cores, kept)
+    assert not row["per_core"]["host_memory_kept"] and row["one_device"]["host_memory_kept"] == kept
+    names = ("per_core", "per_core_kept", "threaded", "one_device")
     for side in names:
         s = row[side]["tokens_per_s"]
         assert 0 < s["min"] <= s["median"] <= s["max"] and s["repeats"] == 2
@@ -113,19 +117,23 @@ def test_gpu_round_smoke_runs_every_part(tmp_path):
 
 
 def test_throughput_children_run_the_layout_they_are_named_for():
-    """This process imported seqgen_jax, which wrote its own device count into XLA_FLAGS; the child
-    for the one-device rows must still get one device (it once inherited the count and ran per core)."""
+    """This process imported seqgen_jax, which wrote its own device count into XLA_FLAGS; each child must
+    still run the layout its rows are labelled with (the one-device rows once inherited the count and
+    ran per core)."""
     import seqgen_jax  # noqa: F401  (as throughput.py's parent process does)
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import throughput
 
-    def devices(layout):
-        p = subprocess.run([sys.executable, "-c", "import seqgen_jax, jax; print(jax.device_count())"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=120, env=throughput.child_env(layout))
+    def layout(name):
+        p = subprocess.run([sys.executable, "-c", "import seqgen_jax, jax; from seqgen_jax._devices import "
+                            "host_memory_kept as k; print(jax.device_count(), k())"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120, env=throughput.child_env(name))
         assert p.returncode == 0, p.stderr[-2000:]
-        return int(p.stdout.split()[-1])
+        n, kept = p.stdout.split()[-2:]
+        return int(n), kept == "True"
 
     cores = min(len(os.sched_getaffinity(0)), 8)
-    assert devices("one_device") == 1
-    assert devices("per_core") == cores
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert layout("per_core_kept") == (cores, glibc)
+    assert layout("per_core") == (cores, cores == 1 and glibc)

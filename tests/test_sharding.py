@@ -1,11 +1,13 @@
 """Data parallelism on simulated CPU devices (in a subprocess: XLA_FLAGS must be set before JAX starts)."""
 import json
 import os
+import platform
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from conftest import ROOT
 
@@ -100,8 +102,11 @@ def test_cpu_device_flags(monkeypatch):
     """One XLA:CPU device per core unless told otherwise; a user's own device-count flag wins."""
     from seqgen_jax import _devices
 
-    monkeypatch.setattr(_devices, "_state", {"user_flags": None, "auto": False})
+    kept = []
+    monkeypatch.setattr(_devices, "_state", {"kept": False})
+    monkeypatch.setattr(_devices, "reuse_host_memory", lambda: kept.append(os.environ.get("SEQGEN_CPU_DEVICES")))
     monkeypatch.delenv("SEQGEN_CPU_DEVICES", raising=False)
+    monkeypatch.delenv("SEQGEN_HOST_MALLOC", raising=False)
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
     monkeypatch.setattr(_devices, "default_count", lambda: 2)
     _devices.configure_host_devices()
@@ -119,52 +124,68 @@ def test_cpu_device_flags(monkeypatch):
     _devices.configure_host_devices()
     assert os.environ["XLA_FLAGS"].split() == ["--xla_cpu_multi_thread_eigen=true",
                                                "--xla_force_host_platform_device_count=3"]
+    assert kept == ["1"]  # only the one-device process kept its host memory
+    monkeypatch.setenv("SEQGEN_HOST_MALLOC", "keep")
+    _devices.configure_host_devices()
+    assert kept == ["1", "3"]
 
 
-def test_wide_layers_switch_to_one_device_only_when_the_layout_was_ours(monkeypatch):
+def test_large_steps_keep_host_memory_before_the_backend_starts(monkeypatch):
     from seqgen_jax import _devices
 
-    monkeypatch.setattr(_devices, "_state", {"user_flags": None, "auto": False})
-    monkeypatch.setattr(_devices, "default_count", lambda: 2)
+    calls = []
+    monkeypatch.setattr(_devices, "_state", {"kept": False})
+    monkeypatch.setattr(_devices, "reuse_host_memory", lambda: calls.append(1) or True)
     monkeypatch.setattr(_devices, "_backend_started", lambda: False)
-    monkeypatch.delenv("SEQGEN_CPU_DEVICES", raising=False)
-    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
-    _devices.configure_host_devices()
-    per_core = os.environ["XLA_FLAGS"]
-    assert not _devices.prefer_one_device_for(64) and os.environ["XLA_FLAGS"] == per_core
-    assert _devices.prefer_one_device_for(128)
-    assert os.environ["XLA_FLAGS"].split() == ["--xla_dump_to=/tmp/x"]  # the user's flags, XLA's threads on
-    assert not _devices.prefer_one_device_for(1024)  # once
-    # A count the user chose, by SEQGEN_CPU_DEVICES or by XLA_FLAGS, is never overridden.
-    for env, flags in (({"SEQGEN_CPU_DEVICES": "2"}, ""), ({}, "--xla_force_host_platform_device_count=2")):
-        monkeypatch.setattr(_devices, "_state", {"user_flags": None, "auto": False})
-        for k, v in env.items():
-            monkeypatch.setenv(k, v)
-        monkeypatch.setenv("XLA_FLAGS", flags)
-        _devices.configure_host_devices()
-        before = os.environ["XLA_FLAGS"]
-        assert not _devices.prefer_one_device_for(512) and os.environ["XLA_FLAGS"] == before
-    # Once the backend has started, flags would be ignored: leave them.
-    monkeypatch.delenv("SEQGEN_CPU_DEVICES")
-    monkeypatch.setattr(_devices, "_state", {"user_flags": None, "auto": False})
+    monkeypatch.setattr(_devices, "_host_only", lambda: True)
+    monkeypatch.delenv("SEQGEN_HOST_MALLOC", raising=False)
+    # The rule: tokens per device and step times the layers' units, against the threshold.
+    least = _devices.KEEP_MEMORY_FROM_TOKEN_UNITS
+    assert _devices.keeps_host_memory_for(least // 100, 1, 200, 2)
+    assert not _devices.keeps_host_memory_for(least // 100, 1, 199, 2)
+    assert _devices.keeps_host_memory_for(least // 200, 2, 200, 2)  # two layers count twice
+    assert not _devices.keeps_host_memory_for(least // 100, 1, 200, 3)  # a third device halves nothing
+    flags = os.environ.get("XLA_FLAGS")
+    assert not _devices.prepare_for_step(16, 1, 10_000, 2) and calls == []
+    assert _devices.prepare_for_step(300, 1, 10_000, 2) and calls == [1]
+    assert os.environ.get("XLA_FLAGS") == flags  # the device layout is not touched
+    monkeypatch.setattr(_devices, "_state", {"kept": True})
+    assert not _devices.prepare_for_step(1024, 1, 10_000, 2) and calls == [1]  # once
+    monkeypatch.setattr(_devices, "_state", {"kept": False})
+    monkeypatch.setenv("SEQGEN_HOST_MALLOC", "system")  # the user's word stands
+    assert not _devices.prepare_for_step(1024, 1, 10_000, 2)
+    monkeypatch.delenv("SEQGEN_HOST_MALLOC")
+    monkeypatch.setattr(_devices, "_host_only", lambda: False)  # an accelerator process
+    assert not _devices.prepare_for_step(1024, 1, 10_000, 2)
+    monkeypatch.setattr(_devices, "_host_only", lambda: True)
+    monkeypatch.setattr(_devices, "_backend_started", lambda: True)  # too late to matter: leave it
+    assert not _devices.prepare_for_step(1024, 1, 10_000, 2) and calls == [1]
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4 --xla_cpu_multi_thread_eigen=false")
+    assert _devices.host_device_count() == 4
     monkeypatch.setenv("XLA_FLAGS", "")
-    _devices.configure_host_devices()
-    monkeypatch.setattr(_devices, "_backend_started", lambda: True)
-    assert not _devices.prefer_one_device_for(512)
+    assert _devices.host_device_count() == 1
 
 
-def test_a_wide_model_really_gets_one_device():
-    """In a fresh process, as `seqgen train` does it: the switch happens before the backend starts."""
-    code = ("import seqgen_jax, jax; from seqgen_jax._devices import prefer_one_device_for as p, default_count; "
-            "s = p(512); print(s, jax.device_count(), default_count())")
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "SEQGEN_CPU_DEVICES")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
-    switched, devices, cores = out.stdout.split()
-    assert (switched, devices) == (("True", "1") if int(cores) > 1 else ("False", "1"))
-    narrow = code.replace("p(512)", "p(64)")
-    out = subprocess.run([sys.executable, "-c", narrow], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
-    switched, devices, cores = out.stdout.split()
-    assert (switched, devices) == ("False", cores)
+@pytest.mark.parametrize("max_tokens", [10_000, 1_000])
+def test_seqgen_train_keeps_host_memory_for_large_steps_only(tmp_path, max_tokens):
+    """The real command, in a fresh process: the setting must come before anything starts JAX's backend
+    (train() once asked jax.process_count() first, and wide layers silently ran with glibc's allocator)."""
+    from seqgen_jax._devices import keeps_host_memory_for
+
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "SEQGEN_CPU_DEVICES", "SEQGEN_HOST_MALLOC",
+                                                            "SEQGEN_ADDED_XLA_FLAGS")}
+    env["JAX_PLATFORMS"] = "cpu"
+    run = tmp_path / "r"
+    p = subprocess.run([sys.executable, "-m", "seqgen_jax", "train", "brackets", "--embed", "8", "--hidden", "128",
+                        "--max-tokens", str(max_tokens), "--n-train", "200", "--n-val", "50", "--epochs", "1",
+                        "--run-dir", str(run)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    (ev,) = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"compile"' in l]
+    cores = min(len(os.sched_getaffinity(0)), 8)
+    kept = platform.libc_ver()[0] == "glibc" and (cores == 1 or keeps_host_memory_for(128, 1, max_tokens, cores))
+    assert kept == (max_tokens == 10_000 or cores == 1)  # the two cases differ on any machine of 2-8 cores
+    assert ev["host_memory_kept"] == kept and ev["devices"] == cores
+    assert ("(freed host memory kept)" in p.stdout) == kept
 
 
 def test_batches_are_filled_with_the_padding_row_to_a_multiple_of_the_devices():
@@ -209,14 +230,14 @@ print("FAULTS", float(min(per_step)))
 def test_a_train_steps_temporaries_reuse_mapped_pages():
     """XLA:CPU frees each execution's temporaries; by default glibc returned blocks this large to the
     kernel, so every step faulted in fresh zeroed pages (45,000 per (300, 300) step of 1000 x 10
-    tokens). With the setting `import seqgen_jax` makes in a one-device process (the wide layers' CPU
-    layout), steps reuse them. The test takes the step with the fewest faults: glibc now and then
+    tokens). With the setting large steps get (`prepare_for_step`, forced here by SEQGEN_HOST_MALLOC=keep
+    on the per-core devices), steps reuse them. The test takes the step with the fewest faults: glibc now and then
     strands a block and grows the heap again (under a busy machine, most steps did in one CI run:
     median 18,484), but under its default no step can reuse its pages at all;
     SEQGEN_HOST_MALLOC=system restores glibc's default, which must show the faults (else this test
     would measure nothing)."""
     def faults(extra):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", SEQGEN_CPU_DEVICES="1", XLA_FLAGS="", **extra)
+        env = dict(os.environ, JAX_PLATFORMS="cpu", SEQGEN_CPU_DEVICES="2", XLA_FLAGS="", **extra)
         p = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, env=env, cwd=ROOT,
                            timeout=300)
         line = [l for l in p.stdout.splitlines() if l.startswith("FAULTS ")]
@@ -224,4 +245,4 @@ def test_a_train_steps_temporaries_reuse_mapped_pages():
         return float(line[0].split()[1])
 
     assert faults({"SEQGEN_HOST_MALLOC": "system"}) > 10_000
-    assert faults({}) < 1_000
+    assert faults({"SEQGEN_HOST_MALLOC": "keep"}) < 1_000
