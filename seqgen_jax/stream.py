@@ -323,6 +323,11 @@ class WindowFeed:
         B = min(rows_for(cfg.train.max_tokens, chunk, nd), max(nd, fit // nd * nd))
         slots = lpt_slots(lens, B)
         need = int(slots[1].max()) + 1
+        if not cfg.data.chunk:
+            # Too few strings to fill the budget's rows: longer windows use the budget instead (a step
+            # of about --max-tokens tokens, as the bucket feed takes), fewer and larger steps.
+            while 2 * chunk * B <= cfg.train.max_tokens and chunk < need - 1:
+                chunk *= 2
         nwin = -(-(need - 1) // chunk)
         feed = cls(cfg, placement, K, kind="packed", chunk=chunk, B=B, cols=nwin * chunk + 1, carry=True,
                    packed=True, nwin=nwin, tokens_per_epoch=int((seqs.lengths + 1).sum()), seeds=seeds,

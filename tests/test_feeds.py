@@ -186,3 +186,26 @@ def _row_spans(mat):
     counts = (mat == 1).sum(axis=1)
     ends = np.cumsum(counts)
     return list(zip(ends - counts, ends))
+
+
+@pytest.mark.parametrize("max_tokens, chunk, grows", [(60_000, None, True), (320, None, False), (60_000, 16, False)])
+def test_packed_windows_grow_to_the_budget_only_when_the_rows_cannot(max_tokens, chunk, grows):
+    """With too few strings for the budget's rows, the default window doubles while the step stays
+    within --max-tokens and the window within the rows; a --chunk the user set is kept."""
+    from seqgen_jax.parallel import Placement
+    from seqgen_jax.stream import WindowFeed
+
+    cfg = CFG.override(**{"data.n_train": 400, "data.n_val": 50, "train.max_tokens": max_tokens, "data.chunk": chunk})
+    ds = build_dataset(cfg.data)
+    feed = WindowFeed.packed(cfg, ds, Placement(), K=2)
+    lens = ds.train.lengths + 1
+    step = feed.B * feed.chunk
+    assert feed.B <= max(1, int(lens.sum() // lens.max()))  # no more rows than the longest string allows
+    assert (feed.B < max_tokens // 64) == (chunk is None and grows) or chunk  # the rows could not fill it
+    if grows:
+        assert feed.chunk > 32 and feed.chunk & (feed.chunk - 1) == 0 and step <= max_tokens
+        assert 2 * step > max_tokens or feed.cols == feed.chunk + 1  # it cannot double again
+    else:
+        assert feed.chunk == (chunk or 32)
+    tokens = sum(int(np.asarray(b.live_np).sum()) for b in feed.blocks(epoch=0)) * step
+    assert tokens >= lens.sum()  # every string's tokens fit in the epoch's windows
