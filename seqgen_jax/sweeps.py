@@ -102,9 +102,11 @@ def sweep(cfg: RunConfig, grid: dict[str, list] | None = None, seeds: int = 1, r
     members = plan_members(cfg, grid or {}, seeds)
     for name, c, _ in members:
         validate(c, f"member {name}")
-    # Before anything starts JAX's backend; the members' steps run side by side on each device.
+    # Before anything starts JAX's backend, as the widest member would alone. Counting every member's
+    # tokens made 8 NDFA seeds at (32, 32) keep the memory, and that sweep ran 29.5-32.7 s against
+    # 28.6-29.9 s (3 alternating runs each, benchmarks/NOTES.md, attempt 38).
     widest = max(members, key=lambda m: m[1].model.hidden * m[1].model.layers)[1]
-    prepare_for_step(widest.model.hidden, widest.model.layers, widest.train.max_tokens * len(members))
+    prepare_for_step(widest.model.hidden, widest.model.layers, widest.train.max_tokens)
     root = RunDir(run_dir if run_dir is not None else Path("runs") / "sweep")
     if str(root.path).strip() == "":
         raise UserError("--run-dir is empty; give a directory for the sweep, e.g. --run-dir runs/lr")
