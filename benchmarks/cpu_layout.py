@@ -1,6 +1,6 @@
 """One train step on CPU under four device layouts, by layer width: one device per core with glibc's
-allocator (the default below H = 128), the same with freed host memory kept (`SEQGEN_HOST_MALLOC=keep`,
-what `seqgen train` gives wider layers), one device with Eigen's threads (`SEQGEN_CPU_DEVICES=1`), and
+allocator (`seqgen train`'s default for small steps), the same with freed host memory kept
+(`SEQGEN_HOST_MALLOC=keep`, what `seqgen train` gives large steps: `_devices.keeps_host_memory_for`), one device with Eigen's threads (`SEQGEN_CPU_DEVICES=1`), and
 one device with Eigen's threads off (`SEQGEN_CPU_DEVICES=1 XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`),
 where XLA:CPU's own runtime still spreads the matmuls over the cores. Both one-device layouts keep host
 memory.

@@ -97,7 +97,7 @@ def configure_host_devices() -> None:
         os.environ["XLA_FLAGS"] = flags
     os.environ.pop(_ADDED, None)
     if _FLAG in flags:  # the user's count stands
-        if re.search(rf"{_FLAG}=1(\s|$)", flags) or host_malloc() == "keep":
+        if host_device_count() == 1 or host_malloc() == "keep":
             reuse_host_memory()
         return
     raw = os.environ.get("SEQGEN_CPU_DEVICES", "")
