@@ -12,9 +12,9 @@ Wide layers with large steps keep the per-core devices but not glibc's default a
 steps' temporaries are blocks of tens of MB, which glibc maps fresh from the kernel at every call.
 `train()` calls `prepare_for_step(...)` once the model and budget are known, before JAX starts its
 backend, and freed host memory then stays in the process (`reuse_host_memory`). Brackets epochs at
-(300, 300), packed feed, 2 cores, layouts alternating: 59.0 k tokens/s per core with the memory
-kept, 52.1 k on one device using both cores (the previous choice for layers from H = 128), 45 k per
-core with glibc's default (benchmarks/NOTES.md, attempt 38).
+(300, 300), packed feed, 2 cores, 3 alternating rounds: 58.6-59.5 k tokens/s per core with the
+memory kept, 50.4-54.3 k on one device using both cores (the previous choice for layers from
+H = 128), 44-46 k per core with glibc's default (benchmarks/NOTES.md, attempt 38).
 
 SEQGEN_CPU_DEVICES=N overrides the count (1: one device using every core, which always keeps freed
 host memory); an XLA_FLAGS that already sets --xla_force_host_platform_device_count is left alone.

@@ -42,8 +42,9 @@ AUTO_STEPS_PER_CALL = {"cpu": 16, "gpu": 32, "cuda": 32, "rocm": 32, "tpu": 32}
 # languages fit in one (the state is carried across windows; the gradient is cut at window edges),
 # short enough for wide batches: on 2 CPU cores, brackets (300, 300), 15,000 strings, 10,000-token
 # steps, windows of 32 ran 1.07x windows of 64 (benchmarks/NOTES.md, "The packed feed"). Where the
-# strings cannot fill the budget's rows it doubles (stream.WindowFeed.packed): at 307 rows and
-# 60,000-token steps, windows of 128 ran 63.8 k tokens/s against 60.4 k for 32, two runs (attempt 38).
+# strings cannot fill the budget's rows it doubles (stream.WindowFeed.packed), so that a step takes
+# about the budget as bucket steps do; not for speed: at 307 rows and 60,000-token steps windows of 128
+# and 32 ran 63.8 k and 60.4 k tokens/s by medians, with the spreads overlapping (attempt 38).
 PACKED_WINDOW = 32
 
 

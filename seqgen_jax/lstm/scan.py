@@ -130,7 +130,7 @@ def _recurrence(unroll: int, dtype, masked: bool, reset: bool = False, gather: i
             # P[t] has been read; its slot now holds the gate gradient dg[t].
             return dh_prev, dc_prev, jax.lax.dynamic_update_index_in_dim(buf, dg, t, 0), d_tab
 
-        d_tab0 = jnp.zeros((gather, 4 * H) if gather else (0,), P.dtype)
+        d_tab0 = jnp.zeros((gather, 4 * H), P.dtype) if gather else None
         dh0, dc0, dgs, d_tab = jax.lax.fori_loop(0, T, body, (jnp.zeros_like(h0), d_cT, P, d_tab0),
                                                  unroll=max(1, min(unroll, T)))
         h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # (T, B, H)
